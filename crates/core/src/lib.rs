@@ -1,0 +1,49 @@
+//! Switchyard's queue core: addresses, exchanges, queues, subscriptions,
+//! consumers, credit, acknowledgements, redelivery, dead-lettering, TTL,
+//! transactions and limits — everything that is the same whichever protocol
+//! a client speaks — and the adapter SPI ([`spi`]) protocol crates implement.
+//!
+//! # Model
+//!
+//! * The **multicast namespace** is the topic exchange `amq.topic`: a
+//!   subscription is a queue bound to it with an address filter.
+//! * The **anycast namespace** is AMQP's default exchange `""`: the address
+//!   names a queue; its consumers compete.
+//! * Declared `direct`, `fanout`, `topic` and `headers` exchanges route only to
+//!   what is bound to them, as in RabbitMQ.
+//!
+//! A message is published once ([`Broker::publish`]), wrapped in an `Arc`,
+//! and every queue it reaches holds a pointer to it. Queues push deliveries
+//! to consumers through each session's bounded channel ([`Deliveries`]); a
+//! full channel makes the queue hold back, it never blocks the publisher.
+//!
+//! # What the core guarantees
+//!
+//! * Competing consumers receive disjoint sets that together cover every
+//!   message; dispatch is round-robin among consumers with credit.
+//! * A requeued message returns to its original place, marked redelivered,
+//!   with its delivery count.
+//! * TTL, max length/bytes with `drop-head` / `reject-publish`, delivery
+//!   limits and rejection send messages to the queue's dead-letter target,
+//!   with RabbitMQ-style `x-death` headers.
+//! * A [`Transaction`] is applied all or nothing.
+//!
+//! The core never names a protocol.
+
+mod broker;
+pub mod config;
+mod error;
+mod exchange;
+mod outbox;
+mod queue;
+mod session;
+pub mod spi;
+
+pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
+pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
+pub use error::{CoreError, CoreResult};
+pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
+pub use outbox::{Deliveries, Delivery, SessionEvent};
+pub use queue::{DeadLetterTarget, DeathReason, QueueInfo, QueueOptions, QueueStats};
+pub use session::{ConsumeOptions, Session, Subscribe, SubscriptionKind, Transaction};
+pub use switchyard_journal::Completion;

@@ -1,0 +1,938 @@
+//! Queues: ready messages in priority order, consumers with credit, unacked
+//! deliveries, expiry, overflow and dead-lettering.
+//!
+//! A queue is a mutex around its [`State`]. Every operation (enqueue, ack,
+//! nack, cancel, expire) takes the lock, changes the state, runs
+//! [`Queue::dispatch`] to push what it can to consumers, and collects what must
+//! happen elsewhere — dead letters to route, journal removals, a queue to
+//! delete — into [`Effects`], which the broker applies after the lock is
+//! released (so a dead-letter cycle A → B → A cannot deadlock).
+//!
+//! Invariants:
+//! * each priority level of `ready` is sorted by `seq` (enqueue order); a
+//!   requeued message goes back to its place;
+//! * an entry is in exactly one place: `ready`, one consumer's `unacked`, or
+//!   gone;
+//! * `ready_bytes` is the sum of the body sizes in `ready`.
+
+use crate::config::Overflow;
+use crate::outbox::{Delivery, Offer, Outbox, SessionEvent};
+use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use switchyard_model::{
+    ConnId, ConsumerId, DeliveryTag, Headers, Message, Namespace, QueueId, Str, now_millis,
+};
+
+/// Where a queue's dead letters go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterTarget {
+    /// The namespace (exchange) to publish to.
+    pub namespace: Namespace,
+    /// The routing key; `None` keeps the message's own address.
+    pub routing_key: Option<Str>,
+}
+
+/// How a queue is declared. `None` means "no limit" / "not set".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueOptions {
+    /// Survives a broker restart (with its persistent messages).
+    pub durable: bool,
+    /// Owned by the declaring connection: only it may consume, and the queue
+    /// is deleted when it closes.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes (after it had one).
+    pub auto_delete: bool,
+    /// Priority levels 0..=max; `None` is plain FIFO.
+    pub max_priority: Option<u8>,
+    /// Time-to-live of every message in this queue.
+    pub message_ttl: Option<Duration>,
+    /// The queue is deleted after being unused (no consumers, no get) this long.
+    pub expires: Option<Duration>,
+    /// Most ready messages.
+    pub max_length: Option<u64>,
+    /// Most bytes of ready message bodies.
+    pub max_bytes: Option<u64>,
+    pub overflow: Overflow,
+    pub dead_letter: Option<DeadLetterTarget>,
+    /// Dead-letter a message instead of requeueing it once it has been
+    /// delivered this many times.
+    pub max_deliveries: Option<u32>,
+    /// Only one consumer at a time receives messages; the others wait.
+    pub single_active_consumer: bool,
+    /// Skip messages published by the connection that owns the queue (NATS
+    /// `echo: false`, MQTT no-local).
+    pub no_local: bool,
+    /// Raise [`SessionEvent::Overflowed`] to consumers when overflow drops a
+    /// message.
+    pub notify_overflow: bool,
+    /// The client's declare arguments as given (AMQP `x-` table), compared
+    /// when the queue is declared again.
+    pub arguments: Headers,
+}
+
+/// Why a message was dead-lettered (RabbitMQ's reason names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathReason {
+    Expired,
+    Rejected,
+    MaxLen,
+    DeliveryLimit,
+}
+
+impl DeathReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Expired => "expired",
+            DeathReason::Rejected => "rejected",
+            DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// A snapshot of a queue for management and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueInfo {
+    pub id: QueueId,
+    pub name: Str,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    /// Ready (not yet delivered) messages.
+    pub messages: u64,
+    /// Bytes of ready message bodies.
+    pub bytes: u64,
+    /// Delivered, not yet acknowledged.
+    pub unacked: u64,
+    pub consumers: u64,
+    pub stats: QueueStats,
+}
+
+/// Lifetime counters of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub enqueued: u64,
+    pub delivered: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+    pub expired: u64,
+    pub dead_lettered: u64,
+    pub dropped: u64,
+    pub rejected_publishes: u64,
+}
+
+/// Work collected under a queue lock, applied by the broker after unlocking.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub(crate) dead: Vec<DeadLetter>,
+    /// Durable messages that left a durable queue: the journal records it.
+    pub(crate) removed: Vec<(QueueId, Arc<Message>)>,
+    pub(crate) delete: Vec<Arc<Queue>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct DeadLetter {
+    pub(crate) message: Arc<Message>,
+    pub(crate) reason: DeathReason,
+    pub(crate) queue: Str,
+    pub(crate) target: Option<DeadLetterTarget>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    msg: Arc<Message>,
+    seq: u64,
+    deliveries: u32,
+    expires_at: Option<u64>,
+}
+
+impl Entry {
+    #[inline]
+    fn size(&self) -> u64 {
+        self.msg.body.len() as u64
+    }
+}
+
+/// Ready messages: one FIFO per priority level.
+#[derive(Debug)]
+struct Ready {
+    levels: Vec<VecDeque<Entry>>,
+    len: usize,
+    bytes: u64,
+}
+
+impl Ready {
+    fn new(max_priority: Option<u8>) -> Self {
+        let n = max_priority.map_or(1, |p| usize::from(p.min(9)) + 1);
+        Ready {
+            levels: (0..n).map(|_| VecDeque::new()).collect(),
+            len: 0,
+            bytes: 0,
+        }
+    }
+
+    #[inline]
+    fn level_of(&self, msg: &Message) -> usize {
+        if self.levels.len() == 1 {
+            0
+        } else {
+            usize::from(msg.priority()).min(self.levels.len() - 1)
+        }
+    }
+
+    fn push_back(&mut self, e: Entry) {
+        let l = self.level_of(&e.msg);
+        self.len += 1;
+        self.bytes += e.size();
+        if let Some(level) = self.levels.get_mut(l) {
+            level.push_back(e);
+        }
+    }
+
+    fn push_front(&mut self, e: Entry) {
+        let l = self.level_of(&e.msg);
+        self.len += 1;
+        self.bytes += e.size();
+        if let Some(level) = self.levels.get_mut(l) {
+            level.push_front(e);
+        }
+    }
+
+    /// Puts a message back in its enqueue-order place.
+    fn requeue(&mut self, e: Entry) {
+        let l = self.level_of(&e.msg);
+        self.len += 1;
+        self.bytes += e.size();
+        if let Some(level) = self.levels.get_mut(l) {
+            let at = level.partition_point(|x| x.seq < e.seq);
+            level.insert(at, e);
+        }
+    }
+
+    fn took(&mut self, e: Option<Entry>) -> Option<Entry> {
+        if let Some(e) = &e {
+            self.len -= 1;
+            self.bytes -= e.size();
+        }
+        e
+    }
+
+    /// The head of the highest non-empty priority level.
+    fn pop_front(&mut self) -> Option<Entry> {
+        let e = self
+            .levels
+            .iter_mut()
+            .rev()
+            .find(|l| !l.is_empty())
+            .and_then(VecDeque::pop_front);
+        self.took(e)
+    }
+
+    /// The oldest message of the lowest non-empty level (what overflow drops).
+    fn pop_oldest_lowest(&mut self) -> Option<Entry> {
+        let e = self
+            .levels
+            .iter_mut()
+            .find(|l| !l.is_empty())
+            .and_then(VecDeque::pop_front);
+        self.took(e)
+    }
+
+    /// Removes the entry with `seq` if it is the newest of its level.
+    fn pop_back_if(&mut self, level: usize, seq: u64) -> Option<Entry> {
+        let l = self.levels.get_mut(level)?;
+        if l.back().is_some_and(|e| e.seq == seq) {
+            let e = l.pop_back();
+            self.took(e)
+        } else {
+            None
+        }
+    }
+
+    /// Removes expired heads of every level.
+    fn pop_expired(&mut self, now: u64, out: &mut Vec<Entry>) {
+        for level in &mut self.levels {
+            while level
+                .front()
+                .is_some_and(|e| e.expires_at.is_some_and(|at| now >= at))
+            {
+                if let Some(e) = level.pop_front() {
+                    self.len -= 1;
+                    self.bytes -= e.size();
+                    out.push(e);
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
+        self.len = 0;
+        self.bytes = 0;
+        self.levels.iter_mut().flat_map(|l| l.drain(..))
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    id: ConsumerId,
+    session: ConnId,
+    outbox: Arc<Outbox>,
+    manual_ack: bool,
+    /// Most unacked deliveries (0 = unlimited).
+    prefetch: u32,
+    /// Never pushed to: holds messages taken with `get`.
+    passive: bool,
+    exclusive: bool,
+    unacked: BTreeMap<u64, Entry>,
+}
+
+impl Slot {
+    #[inline]
+    fn has_credit(&self) -> bool {
+        !self.passive
+            && (!self.manual_ack
+                || self.prefetch == 0
+                || self.unacked.len() < self.prefetch as usize)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    ready: Ready,
+    consumers: Vec<Slot>,
+    cursor: usize,
+    next_tag: u64,
+    next_seq: u64,
+    deleted: bool,
+    had_consumer: bool,
+    last_used: u64,
+    stats: QueueStats,
+}
+
+/// How a consumer attaches to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotSpec {
+    pub(crate) id: ConsumerId,
+    pub(crate) session: ConnId,
+    pub(crate) manual_ack: bool,
+    pub(crate) prefetch: u32,
+    pub(crate) exclusive: bool,
+    pub(crate) passive: bool,
+}
+
+/// What happened to a message offered to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    Accepted,
+    /// Refused by `reject-publish` overflow.
+    Rejected,
+    /// Not for this queue (no-local, or the queue is being deleted).
+    Skipped,
+}
+
+pub(crate) struct Queue {
+    pub(crate) id: QueueId,
+    pub(crate) name: Str,
+    pub(crate) options: QueueOptions,
+    /// The owning connection of an exclusive or no-local queue (0 = none).
+    owner: AtomicU64,
+    /// Set once a message with its own expiry was enqueued, so the sweep
+    /// looks at this queue.
+    expiring: AtomicBool,
+    state: Mutex<State>,
+    /// (exchange, binding key, arguments) of every binding to this queue,
+    /// removed with the queue.
+    pub(crate) bindings: Mutex<Vec<crate::exchange::BindingKey>>,
+    pub(crate) broker: Weak<crate::broker::Shared>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(
+        id: QueueId,
+        name: Str,
+        options: QueueOptions,
+        owner: Option<ConnId>,
+        broker: Weak<crate::broker::Shared>,
+    ) -> Queue {
+        let ready = Ready::new(options.max_priority);
+        Queue {
+            id,
+            name,
+            options,
+            owner: AtomicU64::new(owner.map_or(0, ConnId::get)),
+            expiring: AtomicBool::new(false),
+            state: Mutex::new(State {
+                ready,
+                consumers: Vec::new(),
+                cursor: 0,
+                next_tag: 1,
+                next_seq: 1,
+                deleted: false,
+                had_consumer: false,
+                last_used: now_millis(),
+                stats: QueueStats::default(),
+            }),
+            bindings: Mutex::new(Vec::new()),
+            broker,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    pub(crate) fn owner(&self) -> Option<ConnId> {
+        match self.owner.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(ConnId(n)),
+        }
+    }
+
+    pub(crate) fn set_owner(&self, owner: Option<ConnId>) {
+        self.owner
+            .store(owner.map_or(0, ConnId::get), Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn keeps_on_disk(&self, msg: &Message) -> bool {
+        self.options.durable && msg.properties.durable
+    }
+
+    fn over_limit(&self, st: &State) -> bool {
+        self.options
+            .max_length
+            .is_some_and(|m| st.ready.len as u64 > m)
+            || self.options.max_bytes.is_some_and(|m| st.ready.bytes > m)
+    }
+
+    fn dead_letter(&self, st: &mut State, entry: Entry, reason: DeathReason, fx: &mut Effects) {
+        if self.keeps_on_disk(&entry.msg) {
+            fx.removed.push((self.id, entry.msg.clone()));
+        }
+        match reason {
+            DeathReason::Expired => st.stats.expired += 1,
+            DeathReason::MaxLen => st.stats.dropped += 1,
+            DeathReason::Rejected | DeathReason::DeliveryLimit => {}
+        }
+        if self.options.dead_letter.is_some() {
+            st.stats.dead_lettered += 1;
+            fx.dead.push(DeadLetter {
+                message: entry.msg,
+                reason,
+                queue: self.name.clone(),
+                target: self.options.dead_letter.clone(),
+            });
+        }
+    }
+
+    /// Offers a routed message to this queue (lock held by the caller).
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        st: &mut State,
+        msg: &Arc<Message>,
+        fx: &mut Effects,
+    ) -> Enqueued {
+        if st.deleted {
+            return Enqueued::Skipped;
+        }
+        if self.options.no_local && self.owner() == Some(msg.origin.conn) {
+            return Enqueued::Skipped;
+        }
+        let ttl_expiry = self.options.message_ttl.map(|ttl| {
+            now_millis().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+        });
+        if msg.properties.expires_at.is_some() && !self.expiring.load(Ordering::Relaxed) {
+            self.expiring.store(true, Ordering::Relaxed);
+        }
+        let expires_at = match (msg.properties.expires_at, ttl_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let entry = Entry {
+            msg: msg.clone(),
+            seq,
+            deliveries: 0,
+            expires_at,
+        };
+        let level = st.ready.level_of(msg);
+        st.ready.push_back(entry);
+        st.stats.enqueued += 1;
+        self.dispatch(st, fx);
+        if self.over_limit(st) {
+            match self.options.overflow {
+                Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                    if let Some(e) = st.ready.pop_back_if(level, seq) {
+                        st.stats.rejected_publishes += 1;
+                        if self.options.overflow == Overflow::RejectPublishDlx {
+                            self.dead_letter(st, e, DeathReason::MaxLen, fx);
+                        }
+                        return Enqueued::Rejected;
+                    }
+                }
+                Overflow::DropHead => {
+                    let mut dropped = false;
+                    while self.over_limit(st) {
+                        let Some(e) = st.ready.pop_oldest_lowest() else {
+                            break;
+                        };
+                        self.dead_letter(st, e, DeathReason::MaxLen, fx);
+                        dropped = true;
+                    }
+                    if dropped && self.options.notify_overflow {
+                        for c in &st.consumers {
+                            c.outbox.push_event(SessionEvent::Overflowed(c.id));
+                        }
+                    }
+                }
+            }
+        }
+        Enqueued::Accepted
+    }
+
+    /// Pushes ready messages to consumers with credit, round-robin, until
+    /// the queue is empty or no consumer can take more.
+    pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State, fx: &mut Effects) {
+        let n = st.consumers.len();
+        if n == 0 || st.ready.len == 0 {
+            return;
+        }
+        // With a single active consumer only the first (non-passive) one
+        // receives; the others wait until it leaves.
+        let active = if self.options.single_active_consumer {
+            st.consumers.iter().position(|c| !c.passive)
+        } else {
+            None
+        };
+        let mut blocked: SmallVec<[bool; 16]> = SmallVec::from_elem(false, n);
+        let mut now: Option<u64> = None;
+        loop {
+            let ready = |idx: usize, blocked: &[bool]| {
+                blocked.get(idx) == Some(&false)
+                    && st.consumers.get(idx).is_some_and(Slot::has_credit)
+            };
+            let pick = match active {
+                Some(idx) => Some(idx).filter(|&i| ready(i, &blocked)),
+                None if self.options.single_active_consumer => None,
+                None => (0..n)
+                    .map(|i| (st.cursor + i) % n)
+                    .find(|&i| ready(i, &blocked)),
+            };
+            let Some(idx) = pick else { break };
+            let Some(mut entry) = st.ready.pop_front() else {
+                break;
+            };
+            if let Some(at) = entry.expires_at {
+                let t = *now.get_or_insert_with(now_millis);
+                if t >= at {
+                    self.dead_letter(st, entry, DeathReason::Expired, fx);
+                    continue;
+                }
+            }
+            let Some(slot) = st.consumers.get_mut(idx) else {
+                st.ready.push_front(entry);
+                break;
+            };
+            entry.deliveries += 1;
+            let tag = st.next_tag;
+            let delivery = Delivery {
+                consumer: slot.id,
+                tag: DeliveryTag(tag),
+                message: entry.msg.clone(),
+                redelivered: entry.deliveries > 1,
+                delivery_count: entry.deliveries,
+            };
+            match slot.outbox.offer(delivery, self) {
+                Offer::Sent => {
+                    st.next_tag += 1;
+                    st.stats.delivered += 1;
+                    if entry.deliveries > 1 {
+                        st.stats.redelivered += 1;
+                    }
+                    if slot.manual_ack {
+                        slot.unacked.insert(tag, entry);
+                    } else if self.keeps_on_disk(&entry.msg) {
+                        fx.removed.push((self.id, entry.msg));
+                    }
+                    st.cursor = (idx + 1) % n;
+                }
+                Offer::Full | Offer::Closed => {
+                    entry.deliveries -= 1;
+                    st.ready.push_front(entry);
+                    if let Some(b) = blocked.get_mut(idx) {
+                        *b = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a dispatch pass (an outbox has room again) and applies its effects.
+    pub(crate) fn redispatch(self: &Arc<Self>) {
+        let mut fx = Effects::default();
+        {
+            let mut st = self.lock();
+            self.dispatch(&mut st, &mut fx);
+        }
+        self.apply(fx);
+    }
+
+    pub(crate) fn apply(&self, fx: Effects) {
+        if let Some(broker) = self.broker.upgrade() {
+            broker.apply(fx);
+        }
+    }
+
+    pub(crate) fn add_consumer(
+        &self,
+        st: &mut State,
+        spec: SlotSpec,
+        outbox: Arc<Outbox>,
+    ) -> Result<(), crate::CoreError> {
+        if st.deleted {
+            return Err(crate::CoreError::not_found("queue", &self.name));
+        }
+        let active = st.consumers.iter().filter(|c| !c.passive);
+        if !spec.passive {
+            if spec.exclusive && active.clone().next().is_some() {
+                return Err(crate::CoreError::AccessRefused(format!(
+                    "queue '{}' has consumers; cannot consume exclusively",
+                    self.name
+                )));
+            }
+            if active.clone().any(|c| c.exclusive) {
+                return Err(crate::CoreError::AccessRefused(format!(
+                    "queue '{}' in exclusive use",
+                    self.name
+                )));
+            }
+            st.had_consumer = true;
+        }
+        st.last_used = now_millis();
+        st.consumers.push(Slot {
+            id: spec.id,
+            session: spec.session,
+            outbox,
+            manual_ack: spec.manual_ack,
+            prefetch: spec.prefetch,
+            passive: spec.passive,
+            exclusive: spec.exclusive,
+            unacked: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Detaches a consumer; its unacked messages go back to the queue in
+    /// their places. Returns true when the queue should now be auto-deleted.
+    pub(crate) fn remove_consumer(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: ConsumerId,
+        fx: &mut Effects,
+    ) -> bool {
+        let Some(pos) = st.consumers.iter().position(|c| c.id == id) else {
+            return false;
+        };
+        let slot = st.consumers.remove(pos);
+        if st.cursor > pos {
+            st.cursor -= 1;
+        }
+        if st.cursor >= st.consumers.len() {
+            st.cursor = 0;
+        }
+        for (_, e) in slot.unacked {
+            self.requeue_or_dead_letter(st, e, fx);
+        }
+        st.last_used = now_millis();
+        self.dispatch(st, fx);
+        self.options.auto_delete
+            && st.had_consumer
+            && !st.deleted
+            && st.consumers.iter().all(|c| c.passive)
+    }
+
+    fn requeue_or_dead_letter(&self, st: &mut State, e: Entry, fx: &mut Effects) {
+        if self
+            .options
+            .max_deliveries
+            .is_some_and(|m| e.deliveries >= m)
+        {
+            self.dead_letter(st, e, DeathReason::DeliveryLimit, fx);
+        } else {
+            st.ready.requeue(e);
+        }
+    }
+
+    fn slot_mut(st: &mut State, id: ConsumerId) -> Result<&mut Slot, crate::CoreError> {
+        st.consumers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or(crate::CoreError::UnknownConsumer)
+    }
+
+    /// Acknowledges one delivery (`multiple = false`) or every delivery of
+    /// this consumer up to and including `tag` (`multiple = true`). Returns
+    /// how many were acknowledged.
+    pub(crate) fn ack(
+        self: &Arc<Self>,
+        st: &mut State,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+        fx: &mut Effects,
+    ) -> Result<usize, crate::CoreError> {
+        let entries = Self::take_unacked(st, consumer, tag, multiple)?;
+        let n = entries.len();
+        st.stats.acked += n as u64;
+        for e in entries {
+            if self.keeps_on_disk(&e.msg) {
+                fx.removed.push((self.id, e.msg));
+            }
+        }
+        self.dispatch(st, fx);
+        Ok(n)
+    }
+
+    /// Negative acknowledgement: requeue (unless the delivery limit is
+    /// reached) or dead-letter.
+    pub(crate) fn nack(
+        self: &Arc<Self>,
+        st: &mut State,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+        requeue: bool,
+        fx: &mut Effects,
+    ) -> Result<usize, crate::CoreError> {
+        let entries = Self::take_unacked(st, consumer, tag, multiple)?;
+        let n = entries.len();
+        for e in entries {
+            if requeue {
+                self.requeue_or_dead_letter(st, e, fx);
+            } else {
+                self.dead_letter(st, e, DeathReason::Rejected, fx);
+            }
+        }
+        self.dispatch(st, fx);
+        Ok(n)
+    }
+
+    /// Checks that `tag` (or, with `multiple`, something up to `tag`) is
+    /// held by `consumer` without changing anything; used to validate a
+    /// transaction before it is applied.
+    pub(crate) fn holds(
+        st: &State,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+    ) -> bool {
+        st.consumers.iter().any(|c| {
+            c.id == consumer
+                && if multiple {
+                    c.unacked.range(..=tag.0).next().is_some() || tag.0 == 0
+                } else {
+                    c.unacked.contains_key(&tag.0)
+                }
+        })
+    }
+
+    fn take_unacked(
+        st: &mut State,
+        consumer: ConsumerId,
+        tag: DeliveryTag,
+        multiple: bool,
+    ) -> Result<Vec<Entry>, crate::CoreError> {
+        let slot = Self::slot_mut(st, consumer)?;
+        if multiple {
+            // AMQP: multiple with tag 0 means "everything outstanding".
+            let keep = if tag.0 == 0 {
+                BTreeMap::new()
+            } else {
+                slot.unacked.split_off(&(tag.0 + 1))
+            };
+            let taken = std::mem::replace(&mut slot.unacked, keep);
+            if taken.is_empty() && tag.0 != 0 {
+                return Err(crate::CoreError::UnknownDeliveryTag(tag));
+            }
+            Ok(taken.into_values().collect())
+        } else {
+            slot.unacked
+                .remove(&tag.0)
+                .map(|e| vec![e])
+                .ok_or(crate::CoreError::UnknownDeliveryTag(tag))
+        }
+    }
+
+    /// Requeues every unacked delivery of `consumer` (AMQP `basic.recover`).
+    pub(crate) fn recover(
+        self: &Arc<Self>,
+        st: &mut State,
+        consumer: ConsumerId,
+        fx: &mut Effects,
+    ) -> Result<usize, crate::CoreError> {
+        let slot = Self::slot_mut(st, consumer)?;
+        let taken = std::mem::take(&mut slot.unacked);
+        let n = taken.len();
+        for (_, e) in taken {
+            self.requeue_or_dead_letter(st, e, fx);
+        }
+        self.dispatch(st, fx);
+        Ok(n)
+    }
+
+    /// Changes a consumer's prefetch and dispatches if it grew.
+    pub(crate) fn set_prefetch(
+        self: &Arc<Self>,
+        st: &mut State,
+        consumer: ConsumerId,
+        prefetch: u32,
+        fx: &mut Effects,
+    ) -> Result<(), crate::CoreError> {
+        Self::slot_mut(st, consumer)?.prefetch = prefetch;
+        self.dispatch(st, fx);
+        Ok(())
+    }
+
+    /// Takes one ready message for a passive (get) slot of `consumer`.
+    /// Returns the delivery and the number of messages left ready.
+    pub(crate) fn get(
+        self: &Arc<Self>,
+        st: &mut State,
+        consumer: ConsumerId,
+        manual_ack: bool,
+        fx: &mut Effects,
+    ) -> Result<Option<(Delivery, u64)>, crate::CoreError> {
+        st.last_used = now_millis();
+        let now = now_millis();
+        loop {
+            let Some(mut entry) = st.ready.pop_front() else {
+                return Ok(None);
+            };
+            if entry.expires_at.is_some_and(|at| now >= at) {
+                self.dead_letter(st, entry, DeathReason::Expired, fx);
+                continue;
+            }
+            entry.deliveries += 1;
+            let tag = st.next_tag;
+            st.next_tag += 1;
+            st.stats.delivered += 1;
+            let delivery = Delivery {
+                consumer,
+                tag: DeliveryTag(tag),
+                message: entry.msg.clone(),
+                redelivered: entry.deliveries > 1,
+                delivery_count: entry.deliveries,
+            };
+            if manual_ack {
+                Self::slot_mut(st, consumer)?.unacked.insert(tag, entry);
+            } else if self.keeps_on_disk(&entry.msg) {
+                fx.removed.push((self.id, entry.msg));
+            }
+            return Ok(Some((delivery, st.ready.len as u64)));
+        }
+    }
+
+    /// Dead-letters expired messages at the head of each priority level.
+    pub(crate) fn expire(self: &Arc<Self>, st: &mut State, now: u64, fx: &mut Effects) {
+        let mut expired = Vec::new();
+        st.ready.pop_expired(now, &mut expired);
+        for e in expired {
+            self.dead_letter(st, e, DeathReason::Expired, fx);
+        }
+    }
+
+    /// True when the queue has been unused longer than its `expires`.
+    pub(crate) fn unused_expired(&self, st: &State, now: u64) -> bool {
+        self.options.expires.is_some_and(|ttl| {
+            !st.deleted
+                && st.consumers.iter().all(|c| c.passive)
+                && now.saturating_sub(st.last_used)
+                    >= u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+        })
+    }
+
+    pub(crate) fn may_hold_expiring(&self) -> bool {
+        self.expiring.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn has_expiry(&self) -> bool {
+        self.options.message_ttl.is_some() || self.options.expires.is_some()
+    }
+
+    /// Removes every ready message; returns how many.
+    pub(crate) fn purge(&self, st: &mut State, fx: &mut Effects) -> u64 {
+        let n = st.ready.len as u64;
+        let on_disk: Vec<Arc<Message>> = st
+            .ready
+            .drain()
+            .filter(|e| self.keeps_on_disk(&e.msg))
+            .map(|e| e.msg)
+            .collect();
+        fx.removed.extend(on_disk.into_iter().map(|m| (self.id, m)));
+        n
+    }
+
+    /// Marks the queue deleted, drops its messages and returns the consumers
+    /// to notify.
+    pub(crate) fn mark_deleted(
+        &self,
+        st: &mut State,
+        fx: &mut Effects,
+    ) -> Vec<(ConsumerId, Arc<Outbox>, ConnId)> {
+        st.deleted = true;
+        self.purge(st, fx);
+        let consumers = std::mem::take(&mut st.consumers);
+        consumers
+            .into_iter()
+            .map(|c| {
+                for (_, e) in c.unacked {
+                    if self.keeps_on_disk(&e.msg) {
+                        fx.removed.push((self.id, e.msg));
+                    }
+                }
+                (c.id, c.outbox, c.session)
+            })
+            .collect()
+    }
+
+    pub(crate) fn is_deleted(st: &State) -> bool {
+        st.deleted
+    }
+
+    pub(crate) fn message_count(st: &State) -> u64 {
+        st.ready.len as u64
+    }
+
+    pub(crate) fn consumer_count(st: &State) -> u64 {
+        st.consumers.iter().filter(|c| !c.passive).count() as u64
+    }
+
+    pub(crate) fn info(&self, st: &State) -> QueueInfo {
+        QueueInfo {
+            id: self.id,
+            name: self.name.clone(),
+            durable: self.options.durable,
+            exclusive: self.options.exclusive,
+            auto_delete: self.options.auto_delete,
+            messages: st.ready.len as u64,
+            bytes: st.ready.bytes,
+            unacked: st.consumers.iter().map(|c| c.unacked.len() as u64).sum(),
+            consumers: Self::consumer_count(st),
+            stats: st.stats,
+        }
+    }
+}
