@@ -1,0 +1,36 @@
+//! Switchyard benchmarks.
+//!
+//! * `benches/core.rs` (criterion): publish → fan-out to 1, 10 and 1000
+//!   subscriptions; enqueue → deliver → ack on a queue. The router's own
+//!   benchmarks are in `crates/router/benches`.
+//!
+//! Run with `cargo bench -p switchyard-bench` (figures in
+//! `docs/benchmarks.md`).
+
+use bytes::Bytes;
+use switchyard_core::{Broker, CoreConfig, Session, Subscribe};
+use switchyard_model::{Address, AddressFilter, Message};
+
+/// A broker with `n` sessions, each subscribed to `bench.fanout`.
+pub fn fanout_setup(n: usize) -> (Broker, Vec<Session>, Session) {
+    let broker = Broker::new(CoreConfig::new());
+    let subs = (0..n)
+        .map(|_| {
+            let mut s = broker.session("bench", broker.next_conn_id());
+            if let Ok(filter) = AddressFilter::new("bench.fanout") {
+                let _ = s.subscribe(Subscribe::temporary(filter));
+            }
+            s
+        })
+        .collect();
+    let publisher = broker.session("bench", broker.next_conn_id());
+    (broker, subs, publisher)
+}
+
+/// A multicast message to `address` with a body of `size` bytes.
+pub fn message(address: &str, size: usize) -> Option<Message> {
+    Some(Message::multicast(
+        &Address::new(address).ok()?,
+        Bytes::from(vec![0x5a; size]),
+    ))
+}

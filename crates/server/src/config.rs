@@ -1,0 +1,335 @@
+//! Configuration: `switchyard.toml`, overridden by `SWITCHYARD_*`
+//! environment variables (figment; `__` separates levels:
+//! `SWITCHYARD_LISTENERS__MQTT__BIND=127.0.0.1:1884`).
+//!
+//! Every key, its default and its meaning is documented in
+//! `config/switchyard.toml`. Unknown keys are errors, reported with their
+//! key path (`listeners.mqtt.bnd: unknown field`). With no file at all every
+//! protocol listens on its standard port.
+
+use crate::registry;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use switchyard_core::{AddressPolicy, CoreConfig, Dur, Limits};
+
+/// A configuration error, with the key path it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Dotted key path (`listeners.mqtt.bind`), or the file for read errors.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Name of this node, shown in protocol handshakes (NATS `server_name`,
+    /// AMQP `cluster_name`) and logs.
+    pub name: String,
+    /// Directory for durable data (the journal).
+    pub data_dir: PathBuf,
+    /// On SIGINT/SIGTERM: how long connections get to leave after the
+    /// protocol's goodbye before they are dropped.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            name: "switchyard".to_owned(),
+            data_dir: PathBuf::from("./data"),
+            shutdown_grace: Dur::secs(5),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `switchyard=debug,info`. The
+    /// `RUST_LOG` environment variable wins when set.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `[listeners.NAME]` as written; protocol options are kept raw and checked
+/// by the protocol's own config type.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct RawListener {
+    /// Defaults to NAME when NAME is a protocol name.
+    pub protocol: Option<String>,
+    /// Default true.
+    pub enabled: Option<bool>,
+    /// `IP:port`; default `0.0.0.0:<standard port>`. Port 0 binds an
+    /// ephemeral port (logged).
+    pub bind: Option<String>,
+    #[serde(flatten)]
+    pub options: BTreeMap<String, figment::value::Value>,
+}
+
+/// The whole file as written.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub listeners: BTreeMap<String, RawListener>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub addresses: BTreeMap<String, AddressPolicy>,
+}
+
+/// One listener, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub protocol: String,
+    pub enabled: bool,
+    pub bind: SocketAddr,
+    pub options: BTreeMap<String, figment::value::Value>,
+}
+
+/// The checked configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSection,
+    pub log: LogSection,
+    pub listeners: Vec<ListenerConfig>,
+    pub core: CoreConfig,
+}
+
+impl Config {
+    /// Defaults only (as if no file and no environment were given).
+    pub fn defaults() -> Result<Config, ConfigError> {
+        Config::from_raw(RawConfig::default())
+    }
+
+    /// Loads `file` (if any) and the `SWITCHYARD_` environment, and checks it.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new(path.display().to_string(), format!("cannot read: {e}"))
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        figment = figment.merge(Env::prefixed("SWITCHYARD_").split("__"));
+        Config::from_figment(figment)
+    }
+
+    /// Parses a TOML string (no environment), for tests and `check-config`.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            let e = e
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| figment::Error::from("invalid configuration".to_owned()));
+            let path = if e.path.is_empty() {
+                "config".to_owned()
+            } else {
+                e.path.join(".")
+            };
+            ConfigError::new(path, e.kind.to_string())
+        })?;
+        Config::from_raw(raw)
+    }
+
+    /// Resolves defaults and checks everything a file can get wrong.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut listeners: BTreeMap<String, RawListener> = registry::PROTOCOLS
+            .iter()
+            .map(|p| (p.name.to_owned(), RawListener::default()))
+            .collect();
+        for (name, l) in raw.listeners {
+            listeners.insert(name, l);
+        }
+        let mut out = Vec::new();
+        for (name, l) in listeners {
+            let path = format!("listeners.{name}");
+            let protocol_name = l.protocol.clone().unwrap_or_else(|| name.clone());
+            let protocol = registry::protocol(&protocol_name).ok_or_else(|| {
+                let known: Vec<&str> = registry::PROTOCOLS.iter().map(|p| p.name).collect();
+                if l.protocol.is_some() {
+                    ConfigError::new(
+                        format!("{path}.protocol"),
+                        format!(
+                            "unknown protocol '{protocol_name}' (known: {})",
+                            known.join(", ")
+                        ),
+                    )
+                } else {
+                    ConfigError::new(
+                        path.clone(),
+                        format!(
+                            "'{name}' is not a protocol name; set `protocol` (one of: {})",
+                            known.join(", ")
+                        ),
+                    )
+                }
+            })?;
+            let bind = match &l.bind {
+                None => SocketAddr::from(([0, 0, 0, 0], protocol.default_port)),
+                Some(text) => text.parse().map_err(|e| {
+                    ConfigError::new(
+                        format!("{path}.bind"),
+                        format!("'{text}' is not an IP:port address ({e})"),
+                    )
+                })?,
+            };
+            (protocol.check_options)(&path, &l.options)?;
+            out.push(ListenerConfig {
+                name,
+                protocol: protocol.name.to_owned(),
+                enabled: l.enabled.unwrap_or(true),
+                bind,
+                options: l.options,
+            });
+        }
+        let enabled: Vec<&ListenerConfig> = out.iter().filter(|l| l.enabled).collect();
+        for (i, a) in enabled.iter().enumerate() {
+            if a.bind.port() == 0 {
+                continue;
+            }
+            if let Some(b) = enabled.iter().skip(i + 1).find(|b| b.bind == a.bind) {
+                return Err(ConfigError::new(
+                    format!("listeners.{}.bind", b.name),
+                    format!("{} is also the address of listener '{}'", b.bind, a.name),
+                ));
+            }
+        }
+        if raw.limits.connection_buffer == 0 {
+            return Err(ConfigError::new(
+                "limits.connection_buffer",
+                "must be at least 1",
+            ));
+        }
+        let mut core = CoreConfig::new();
+        core.limits = raw.limits;
+        let core = core
+            .with_policies(&raw.addresses)
+            .map_err(|(pattern, e)| ConfigError::new(format!("addresses.\"{pattern}\""), e))?;
+        Ok(Config {
+            server: raw.server,
+            log: raw.log,
+            listeners: out,
+            core,
+        })
+    }
+
+    /// Sets every listener's bind address to `ip:0` (tests).
+    pub fn with_ephemeral_ports(mut self, ip: std::net::IpAddr) -> Self {
+        for l in &mut self.listeners {
+            l.bind = SocketAddr::new(ip, 0);
+        }
+        self
+    }
+
+    /// The listener called `name`.
+    pub fn listener_mut(&mut self, name: &str) -> Option<&mut ListenerConfig> {
+        self.listeners.iter_mut().find(|l| l.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_gives_every_protocol_on_its_standard_port() {
+        let c = Config::defaults().unwrap();
+        let http = c.listeners.iter().find(|l| l.name == "http").unwrap();
+        assert_eq!(http.bind, "0.0.0.0:8080".parse().unwrap());
+        assert!(c.listeners.iter().all(|l| l.enabled));
+        assert_eq!(c.server.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_with_their_path() {
+        let e = Config::from_toml("[server]\nnmae = \"x\"\n").unwrap_err();
+        assert_eq!(e.path, "server.nmae");
+        assert!(e.message.contains("nmae"), "{e}");
+        let e = Config::from_toml("[limits]\nmax_queues = \"many\"\n").unwrap_err();
+        assert_eq!(e.path, "limits.max_queues");
+        let e = Config::from_toml("[listeners.http]\nbind = \"nowhere\"\n").unwrap_err();
+        assert_eq!(e.path, "listeners.http.bind");
+        let e = Config::from_toml("[listeners.foo]\nbind = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(e.path, "listeners.foo");
+        let e = Config::from_toml("[listeners.foo]\nprotocol = \"gopher\"\n").unwrap_err();
+        assert_eq!(e.path, "listeners.foo.protocol");
+        let e = Config::from_toml("[addresses.\"a..b\"]\nmax_length = 1\n").unwrap_err();
+        assert_eq!(e.path, "addresses.\"a..b\"");
+        let e = Config::from_toml("[limits]\nmax_message_size = \"huge\"\n").unwrap_err();
+        assert_eq!(e.path, "limits.max_message_size");
+    }
+
+    #[test]
+    fn duplicate_bind_addresses_are_refused() {
+        let e = Config::from_toml(
+            "[listeners.http]\nbind = \"127.0.0.1:9000\"\n[listeners.http2]\nprotocol = \"http\"\nbind = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "listeners.http2.bind");
+    }
+
+    #[test]
+    fn a_listener_can_be_disabled_and_keeps_its_default_port() {
+        let c = Config::from_toml("[listeners.http]\nenabled = false\n").unwrap();
+        let http = c.listeners.iter().find(|l| l.name == "http").unwrap();
+        assert!(!http.enabled);
+        assert_eq!(http.bind.port(), 8080);
+    }
+
+    #[test]
+    fn sizes_and_durations_take_units() {
+        let c = Config::from_toml(
+            "[limits]\nmax_message_size = \"1MiB\"\nhandshake_timeout = \"3s\"\n[server]\nshutdown_grace = \"250ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.core.limits.max_message_size.bytes(), 1024 * 1024);
+        assert_eq!(c.core.limits.handshake_timeout.get().as_secs(), 3);
+        assert_eq!(c.server.shutdown_grace.get().as_millis(), 250);
+    }
+}

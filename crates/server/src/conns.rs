@@ -1,0 +1,125 @@
+//! Connection admission and counting: the total and per-IP caps from
+//! `[limits]`, and the per-protocol gauges `/metrics` reports.
+
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub(crate) struct ProtocolCounters {
+    pub(crate) active: AtomicU64,
+    pub(crate) total: AtomicU64,
+    pub(crate) refused: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Admission {
+    max_total: u64,
+    max_per_ip: u64,
+    total: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, u64>>,
+    pub(crate) by_protocol: HashMap<&'static str, ProtocolCounters>,
+}
+
+impl Admission {
+    pub(crate) fn new(max_total: u64, max_per_ip: u64, protocols: &[&'static str]) -> Self {
+        Admission {
+            max_total,
+            max_per_ip,
+            total: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            by_protocol: protocols
+                .iter()
+                .map(|p| (*p, ProtocolCounters::default()))
+                .collect(),
+        }
+    }
+
+    /// Admits a connection, or refuses it when a cap is reached. The guard
+    /// releases the slot when dropped.
+    pub(crate) fn admit(self: &Arc<Self>, protocol: &'static str, ip: IpAddr) -> Option<Admitted> {
+        let counters = self.by_protocol.get(protocol);
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            if let Some(c) = counters {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
+        {
+            let mut per_ip = self.per_ip.lock();
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= self.max_per_ip {
+                drop(per_ip);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                if let Some(c) = counters {
+                    c.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                return None;
+            }
+            *n += 1;
+        }
+        if let Some(c) = counters {
+            c.active.fetch_add(1, Ordering::Relaxed);
+            c.total.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Admitted {
+            admission: self.clone(),
+            protocol,
+            ip,
+        })
+    }
+
+    pub(crate) fn active(&self) -> u64 {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// A held connection slot.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    admission: Arc<Admission>,
+    protocol: &'static str,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let a = &self.admission;
+        a.total.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut per_ip = a.per_ip.lock();
+            if let Some(n) = per_ip.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    per_ip.remove(&self.ip);
+                }
+            }
+        }
+        if let Some(c) = a.by_protocol.get(self.protocol) {
+            c.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_total_and_per_ip() {
+        let a = Arc::new(Admission::new(3, 2, &["x"]));
+        let ip1: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "10.0.0.2".parse().unwrap();
+        let g1 = a.admit("x", ip1).unwrap();
+        let _g2 = a.admit("x", ip1).unwrap();
+        assert!(a.admit("x", ip1).is_none(), "per-IP cap");
+        let _g3 = a.admit("x", ip2).unwrap();
+        assert!(a.admit("x", ip2).is_none(), "total cap");
+        drop(g1);
+        assert!(a.admit("x", ip1).is_some());
+        assert_eq!(a.by_protocol["x"].refused.load(Ordering::Relaxed), 2);
+    }
+}

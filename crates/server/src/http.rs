@@ -1,0 +1,174 @@
+//! The HTTP listener: `/healthz`, `/readyz`, `/metrics`, the WebSocket
+//! paths of stream protocols (`/mqtt`, `/stomp`), and, as it lands, the REST
+//! API.
+
+use crate::Ctx;
+use crate::registry::WsRoute;
+use crate::ws::WsStream;
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use switchyard_core::spi::{Connection, ProtocolAdapter, Transport};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// A stream protocol served on a WebSocket path.
+#[derive(Clone)]
+pub(crate) struct WsService {
+    pub(crate) route: WsRoute,
+    pub(crate) protocol: &'static str,
+    pub(crate) adapter: Arc<dyn ProtocolAdapter>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    ctx: Arc<Ctx>,
+    close: CancellationToken,
+    connections: TaskTracker,
+}
+
+pub(crate) struct Serve {
+    pub(crate) socket: TcpListener,
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) ws: Arc<Vec<WsService>>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) close: CancellationToken,
+    pub(crate) connections: TaskTracker,
+}
+
+fn router(state: AppState, ws: &[WsService]) -> Router {
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    for service in ws {
+        let service = service.clone();
+        app = app.route(
+            service.route.path,
+            get(
+                move |State(state): State<AppState>,
+                      ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                      upgrade: WebSocketUpgrade| async move {
+                    websocket(state, service, peer, upgrade)
+                },
+            ),
+        );
+    }
+    app.with_state(state)
+}
+
+pub(crate) async fn serve(s: Serve) {
+    let state = AppState {
+        ctx: s.ctx,
+        close: s.close.clone(),
+        connections: s.connections,
+    };
+    let app = router(state, &s.ws);
+    let listener = axum::serve::ListenerExt::tap_io(s.socket, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stop = s.stop;
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        stop.cancelled().await;
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP listener failed");
+    }
+}
+
+fn websocket(
+    state: AppState,
+    service: WsService,
+    peer: SocketAddr,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(slot) = state.ctx.admission.admit(service.protocol, peer.ip()) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n",
+        )
+            .into_response();
+    };
+    let frames = service.route.frames;
+    upgrade
+        .protocols(service.route.subprotocols.iter().copied())
+        .on_upgrade(move |socket| async move {
+            let id = state.ctx.broker.next_conn_id();
+            let conn = Connection {
+                id,
+                listener: "http".to_owned(),
+                peer: Some(peer),
+                local: None,
+                transport: Transport::WebSocket,
+                stream: Box::new(WsStream::new(socket, frames)),
+                shutdown: state.close.child_token(),
+            };
+            let broker = state.ctx.broker.clone();
+            let span = tracing::info_span!(
+                "conn",
+                protocol = service.protocol,
+                conn_id = id.get(),
+                %peer,
+                transport = "websocket",
+                client_id = tracing::field::Empty
+            );
+            let task = state.connections.spawn(
+                async move {
+                    let _slot = slot;
+                    match service.adapter.serve(conn, broker).await {
+                        Ok(()) => tracing::debug!("closed"),
+                        Err(e) => tracing::debug!(error = %e, "closed with error"),
+                    }
+                }
+                .instrument(span),
+            );
+            let _ = task.await;
+        })
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: every listener is bound (and, with a durable store, it has
+/// recovered). 503 before that and during shutdown.
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let ctx = &state.ctx;
+    let ready = ctx.ready.load(Ordering::Acquire);
+    let body = serde_json::json!({
+        "ready": ready,
+        "name": ctx.name,
+        "uptime_ms": ctx.started.elapsed().as_millis() as u64,
+        "ready_after_ms": ctx.ready_after.lock().map(|d| d.as_millis() as u64),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(&state.ctx),
+    )
+}

@@ -1,0 +1,275 @@
+//! The `switchyard` binary's library: configuration, listeners, the adapter
+//! registry, the HTTP listener (health, readiness, metrics; REST and
+//! WebSocket paths as the protocols land), signals and graceful shutdown.
+//!
+//! This is the only crate that knows every other one. Tests start a whole
+//! broker in-process with [`Server::start`] (listeners on port 0) and stop
+//! it with [`Server::shutdown`]; `main` does the same around the process's
+//! signals ([`run`]).
+
+pub mod config;
+mod conns;
+mod http;
+mod listener;
+pub mod logging;
+mod metrics;
+pub mod registry;
+pub mod ws;
+
+pub use config::{Config, ConfigError};
+
+use conns::Admission;
+use registry::Service;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use switchyard_core::Broker;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration error: {0}")]
+    Config(#[from] ConfigError),
+    #[error("listener '{listener}' cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound listener.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub name: String,
+    pub protocol: String,
+    pub addr: SocketAddr,
+}
+
+/// State shared by listeners, connections and the HTTP routes.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) broker: Broker,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) ready: AtomicBool,
+    pub(crate) started: Instant,
+    pub(crate) ready_after: parking_lot::Mutex<Option<Duration>>,
+    pub(crate) name: String,
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Server {
+    ctx: Arc<Ctx>,
+    bound: Vec<Bound>,
+    stop_accepting: CancellationToken,
+    close_connections: CancellationToken,
+    listeners: TaskTracker,
+    connections: TaskTracker,
+    grace: Duration,
+    maintenance: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds every enabled listener and starts serving. Returns once every
+    /// listener is bound (so `local_addr` answers).
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let started = Instant::now();
+        let broker = Broker::new(config.core.clone());
+        let protocols: Vec<&'static str> = registry::PROTOCOLS.iter().map(|p| p.name).collect();
+        let limits = &config.core.limits;
+        let admission = Arc::new(Admission::new(
+            limits.max_connections,
+            limits.max_connections_per_ip,
+            &protocols,
+        ));
+        let ctx = Arc::new(Ctx {
+            broker: broker.clone(),
+            admission,
+            ready: AtomicBool::new(false),
+            started,
+            ready_after: parking_lot::Mutex::new(None),
+            name: config.server.name.clone(),
+        });
+        let stop_accepting = CancellationToken::new();
+        let close_connections = CancellationToken::new();
+        let listeners = TaskTracker::new();
+        let connections = TaskTracker::new();
+
+        // Build every listener's service (disabled ones too: a protocol's
+        // WebSocket path uses its listener's options even when its TCP
+        // listener is off), then bind, so a failure starts nothing.
+        let mut services = Vec::new();
+        let mut ws_routes: Vec<http::WsService> = Vec::new();
+        for l in &config.listeners {
+            let protocol = registry::protocol(&l.protocol).ok_or_else(|| {
+                ConfigError::new(format!("listeners.{}.protocol", l.name), "unknown protocol")
+            })?;
+            let service = (protocol.build)(l)?;
+            if let (Some(route), Service::Stream(adapter)) = (protocol.websocket, &service)
+                && !ws_routes.iter().any(|w| w.route.path == route.path)
+            {
+                ws_routes.push(http::WsService {
+                    route,
+                    protocol: protocol.name,
+                    adapter: adapter.clone(),
+                });
+            }
+            services.push((l, protocol, service));
+        }
+        let ws_routes = Arc::new(ws_routes);
+        let mut sockets = Vec::new();
+        for (l, protocol, service) in services.into_iter().filter(|(l, _, _)| l.enabled) {
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    listener: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
+            let addr = socket.local_addr().map_err(|source| ServerError::Bind {
+                listener: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
+            tracing::info!(listener = %l.name, protocol = %l.protocol, %addr, "listening");
+            sockets.push((
+                Bound {
+                    name: l.name.clone(),
+                    protocol: l.protocol.clone(),
+                    addr,
+                },
+                protocol.name,
+                service,
+                socket,
+            ));
+        }
+        let mut bound = Vec::new();
+        for (b, protocol, service, socket) in sockets {
+            match service {
+                Service::Stream(adapter) => {
+                    listeners.spawn(listener::accept_loop(listener::Accept {
+                        socket,
+                        name: b.name.clone(),
+                        protocol,
+                        adapter,
+                        ctx: ctx.clone(),
+                        stop: stop_accepting.clone(),
+                        close: close_connections.clone(),
+                        connections: connections.clone(),
+                    }));
+                }
+                Service::Http => {
+                    listeners.spawn(http::serve(http::Serve {
+                        socket,
+                        ctx: ctx.clone(),
+                        ws: ws_routes.clone(),
+                        stop: stop_accepting.clone(),
+                        close: close_connections.clone(),
+                        connections: connections.clone(),
+                    }));
+                }
+            }
+            bound.push(b);
+        }
+        let maintenance = broker.start_maintenance();
+        ctx.ready.store(true, Ordering::Release);
+        *ctx.ready_after.lock() = Some(started.elapsed());
+        tracing::info!(
+            listeners = bound.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "switchyard ready"
+        );
+        Ok(Server {
+            ctx,
+            bound,
+            stop_accepting,
+            close_connections,
+            listeners,
+            connections,
+            grace: config.server.shutdown_grace.get(),
+            maintenance,
+        })
+    }
+
+    /// The address listener `name` is bound to.
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.bound.iter().find(|b| b.name == name).map(|b| b.addr)
+    }
+
+    /// Every bound listener.
+    pub fn bound(&self) -> &[Bound] {
+        &self.bound
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.ctx.broker
+    }
+
+    /// Open client connections.
+    pub fn connections(&self) -> u64 {
+        self.ctx.admission.active()
+    }
+
+    /// Graceful shutdown: stop accepting, ask every connection to leave with
+    /// its protocol's goodbye, wait up to the grace period, drop the rest,
+    /// stop the broker's background work.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.ctx.ready.store(false, Ordering::Release);
+        self.stop_accepting.cancel();
+        self.listeners.close();
+        self.listeners.wait().await;
+        self.close_connections.cancel();
+        self.connections.close();
+        if tokio::time::timeout(self.grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.ctx.admission.active(),
+                "connections still open after the grace period; dropping them"
+            );
+        }
+        self.ctx.broker.shutdown();
+        let _ = self.maintenance.await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs a broker until `shutdown` resolves, then stops it gracefully.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let server = Server::start(config).await?;
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

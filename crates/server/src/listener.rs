@@ -1,0 +1,80 @@
+//! The accept loop of a stream listener: admission (connection caps),
+//! `TCP_NODELAY`, one task and one tracing span per connection.
+
+use crate::Ctx;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_core::spi::{Connection, ProtocolAdapter, Transport};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub(crate) struct Accept {
+    pub(crate) socket: TcpListener,
+    pub(crate) name: String,
+    pub(crate) protocol: &'static str,
+    pub(crate) adapter: Arc<dyn ProtocolAdapter>,
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) close: CancellationToken,
+    pub(crate) connections: TaskTracker,
+}
+
+pub(crate) async fn accept_loop(a: Accept) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = a.stop.cancelled() => return,
+            r = a.socket.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(listener = %a.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = a.ctx.admission.admit(a.protocol, peer.ip()) else {
+            tracing::debug!(listener = %a.name, %peer, "connection refused: connection limit");
+            drop(stream);
+            continue;
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let local = stream.local_addr().ok();
+        let id = a.ctx.broker.next_conn_id();
+        let conn = Connection {
+            id,
+            listener: a.name.clone(),
+            peer: Some(peer),
+            local,
+            transport: Transport::Tcp,
+            stream: Box::new(stream),
+            shutdown: a.close.child_token(),
+        };
+        let adapter = a.adapter.clone();
+        let broker = a.ctx.broker.clone();
+        let span = tracing::info_span!(
+            "conn",
+            protocol = a.protocol,
+            conn_id = id.get(),
+            %peer,
+            client_id = tracing::field::Empty
+        );
+        a.connections.spawn(
+            async move {
+                let _slot = slot;
+                tracing::debug!("connected");
+                match adapter.serve(conn, broker).await {
+                    Ok(()) => tracing::debug!("closed"),
+                    Err(e) => tracing::debug!(error = %e, "closed with error"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! `switchyard`: run the broker, or check a configuration file.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use switchyard::{Config, logging};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A multi-protocol message broker: MQTT, AMQP 0-9-1, STOMP, NATS and HTTP in one binary."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the broker. With no --config, every protocol listens on its
+    /// standard port and data goes to ./data.
+    Serve {
+        /// A switchyard.toml; SWITCHYARD_* environment variables override it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file (and the SWITCHYARD_* environment): print
+    /// the first error with its key path and exit non-zero, or print "ok".
+    CheckConfig { file: PathBuf },
+    /// List the protocols this binary serves: name, standard port and
+    /// WebSocket path, one per line.
+    Protocols,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Protocols => {
+            for p in switchyard::registry::PROTOCOLS {
+                let ws = p.websocket.map_or("-", |w| w.path);
+                println!("{} {} {}", p.name, p.default_port, ws);
+            }
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { file } => match Config::load(Some(&file)) {
+            Ok(_) => {
+                println!("ok: {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve { config } => {
+            let config = match Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            logging::init(&config.log);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(switchyard::run(config, switchyard::signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

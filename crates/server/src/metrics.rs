@@ -1,0 +1,202 @@
+//! Prometheus text exposition of the broker's counters and gauges.
+//!
+//! Names follow `switchyard_<subsystem>_<what>_<unit>`. Labels are bounded:
+//! protocol names, and queue names only for queues a client named (the
+//! per-subscription `$sub.…` queues are summed, never listed).
+
+use crate::Ctx;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(crate) fn render(ctx: &Ctx) -> String {
+    let mut out = String::with_capacity(4096);
+    let a = &ctx.admission;
+    let mut protocols: Vec<_> = a.by_protocol.iter().collect();
+    protocols.sort_by_key(|(p, _)| *p);
+
+    family(
+        &mut out,
+        "switchyard_connections_active",
+        "gauge",
+        "Open client connections.",
+    );
+    for (p, c) in &protocols {
+        let _ = writeln!(
+            out,
+            "switchyard_connections_active{{protocol=\"{p}\"}} {}",
+            c.active.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "switchyard_connections_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    for (p, c) in &protocols {
+        let _ = writeln!(
+            out,
+            "switchyard_connections_total{{protocol=\"{p}\"}} {}",
+            c.total.load(Ordering::Relaxed)
+        );
+    }
+    family(
+        &mut out,
+        "switchyard_connections_refused_total",
+        "counter",
+        "Connections refused by a connection limit.",
+    );
+    for (p, c) in &protocols {
+        let _ = writeln!(
+            out,
+            "switchyard_connections_refused_total{{protocol=\"{p}\"}} {}",
+            c.refused.load(Ordering::Relaxed)
+        );
+    }
+
+    let s = ctx.broker.stats();
+    let t = &s.queue_totals;
+    let counters: [(&str, &str, u64); 10] = [
+        (
+            "switchyard_messages_published_total",
+            "Messages published.",
+            s.published,
+        ),
+        (
+            "switchyard_messages_unroutable_total",
+            "Published messages no queue took.",
+            s.unroutable,
+        ),
+        (
+            "switchyard_messages_enqueued_total",
+            "Message copies enqueued (one per queue reached).",
+            t.enqueued,
+        ),
+        (
+            "switchyard_messages_delivered_total",
+            "Deliveries to consumers.",
+            t.delivered,
+        ),
+        (
+            "switchyard_messages_redelivered_total",
+            "Deliveries of messages delivered before.",
+            t.redelivered,
+        ),
+        (
+            "switchyard_messages_acked_total",
+            "Deliveries acknowledged.",
+            t.acked,
+        ),
+        (
+            "switchyard_messages_expired_total",
+            "Messages that expired in a queue.",
+            t.expired,
+        ),
+        (
+            "switchyard_messages_dead_lettered_total",
+            "Messages sent to a dead-letter target.",
+            t.dead_lettered,
+        ),
+        (
+            "switchyard_messages_dropped_total",
+            "Messages dropped by queue overflow.",
+            t.dropped,
+        ),
+        (
+            "switchyard_messages_rejected_total",
+            "Publishes refused by reject-publish overflow.",
+            t.rejected_publishes,
+        ),
+    ];
+    for (name, help, v) in counters {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let gauges: [(&str, &str, u64); 5] = [
+        (
+            "switchyard_queues",
+            "Queues, including one per live subscription.",
+            s.queues,
+        ),
+        ("switchyard_exchanges", "Exchanges.", s.exchanges),
+        ("switchyard_consumers", "Consumers.", s.consumers),
+        (
+            "switchyard_messages_ready",
+            "Messages waiting in queues.",
+            s.messages_ready,
+        ),
+        (
+            "switchyard_messages_unacked",
+            "Deliveries not yet acknowledged.",
+            s.messages_unacked,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        family(&mut out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    family(
+        &mut out,
+        "switchyard_route_cache_hits_total",
+        "counter",
+        "Route cache hits.",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_route_cache_hits_total {}",
+        s.route_cache_hits
+    );
+    family(
+        &mut out,
+        "switchyard_route_cache_misses_total",
+        "counter",
+        "Route cache misses.",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_route_cache_misses_total {}",
+        s.route_cache_misses
+    );
+
+    let queues: Vec<_> = ctx
+        .broker
+        .queues()
+        .into_iter()
+        .filter(|q| !q.name.starts_with("$sub.") && !q.name.starts_with("amq.gen-"))
+        .collect();
+    for (name, help, f) in [
+        (
+            "switchyard_queue_messages",
+            "Ready messages per named queue.",
+            (|q: &switchyard_core::QueueInfo| q.messages) as fn(&switchyard_core::QueueInfo) -> u64,
+        ),
+        (
+            "switchyard_queue_unacked",
+            "Unacknowledged deliveries per named queue.",
+            |q| q.unacked,
+        ),
+        (
+            "switchyard_queue_consumers",
+            "Consumers per named queue.",
+            |q| q.consumers,
+        ),
+    ] {
+        family(&mut out, name, "gauge", help);
+        for q in &queues {
+            let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", escape(&q.name), f(q));
+        }
+    }
+    out
+}

@@ -1,0 +1,90 @@
+//! The closed list of protocols this binary serves. Adding a protocol is one
+//! crate and one entry here.
+
+use crate::config::{ConfigError, ListenerConfig};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use switchyard_core::spi::ProtocolAdapter;
+
+/// What serves a listener.
+#[allow(dead_code)] // `Stream` is built once a stream protocol is registered (issues 3-6).
+pub(crate) enum Service {
+    /// A stream protocol: each accepted socket goes to the adapter.
+    Stream(Arc<dyn ProtocolAdapter>),
+    /// The HTTP listener (REST, SSE, WebSocket paths, health, metrics),
+    /// served by the server itself.
+    Http,
+}
+
+/// A WebSocket path on the HTTP listener that carries a stream protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct WsRoute {
+    pub path: &'static str,
+    /// Accepted `Sec-WebSocket-Protocol` values, in order of preference.
+    pub subprotocols: &'static [&'static str],
+    pub frames: crate::ws::FrameKind,
+}
+
+/// One protocol the binary knows.
+pub struct Protocol {
+    pub name: &'static str,
+    pub default_port: u16,
+    /// Also served over WebSocket on the HTTP listener at this path.
+    pub websocket: Option<WsRoute>,
+    /// Checks a listener's protocol options (`path` is `listeners.NAME`).
+    pub(crate) check_options:
+        fn(&str, &BTreeMap<String, figment::value::Value>) -> Result<(), ConfigError>,
+    pub(crate) build: fn(&ListenerConfig) -> Result<Service, ConfigError>,
+}
+
+impl std::fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Protocol")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every protocol, with its standard port.
+pub static PROTOCOLS: &[Protocol] = &[Protocol {
+    name: "http",
+    default_port: 8080,
+    websocket: None,
+    check_options: no_options,
+    build: |_| Ok(Service::Http),
+}];
+
+pub fn protocol(name: &str) -> Option<&'static Protocol> {
+    PROTOCOLS.iter().find(|p| p.name == name)
+}
+
+/// Deserializes a listener's protocol options into the adapter's config
+/// type, reporting errors with their full key path.
+#[allow(dead_code)]
+pub(crate) fn options<T: DeserializeOwned>(
+    path: &str,
+    options: &BTreeMap<String, figment::value::Value>,
+) -> Result<T, ConfigError> {
+    let dict: figment::value::Dict = options.clone().into_iter().collect();
+    figment::value::Value::from(dict)
+        .deserialize::<T>()
+        .map_err(|e| {
+            let key = if e.path.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}.{}", e.path.join("."))
+            };
+            ConfigError::new(key, e.kind.to_string())
+        })
+}
+
+fn no_options(
+    path: &str,
+    options: &BTreeMap<String, figment::value::Value>,
+) -> Result<(), ConfigError> {
+    match options.keys().next() {
+        None => Ok(()),
+        Some(k) => Err(ConfigError::new(format!("{path}.{k}"), "unknown field")),
+    }
+}
