@@ -8,7 +8,6 @@ use std::sync::Arc;
 use switchyard_core::spi::ProtocolAdapter;
 
 /// What serves a listener.
-#[allow(dead_code)] // `Stream` is built once a stream protocol is registered (issues 3-6).
 pub(crate) enum Service {
     /// A stream protocol: each accepted socket goes to the adapter.
     Stream(Arc<dyn ProtocolAdapter>),
@@ -47,13 +46,30 @@ impl std::fmt::Debug for Protocol {
 }
 
 /// Every protocol, with its standard port.
-pub static PROTOCOLS: &[Protocol] = &[Protocol {
-    name: "http",
-    default_port: 8080,
-    websocket: None,
-    check_options: no_options,
-    build: |_| Ok(Service::Http),
-}];
+pub static PROTOCOLS: &[Protocol] = &[
+    Protocol {
+        name: "http",
+        default_port: 8080,
+        websocket: None,
+        check_options: no_options,
+        build: |_| Ok(Service::Http),
+    },
+    Protocol {
+        name: "nats",
+        default_port: 4222,
+        websocket: None,
+        check_options: |path, o| options::<switchyard_nats::NatsConfig>(path, o).map(|_| ()),
+        build: |l| {
+            let cfg = options::<switchyard_nats::NatsConfig>(
+                &format!("listeners.{}", l.name),
+                &l.options,
+            )?;
+            Ok(Service::Stream(Arc::new(
+                switchyard_nats::NatsAdapter::new(cfg),
+            )))
+        },
+    },
+];
 
 pub fn protocol(name: &str) -> Option<&'static Protocol> {
     PROTOCOLS.iter().find(|p| p.name == name)
@@ -61,7 +77,6 @@ pub fn protocol(name: &str) -> Option<&'static Protocol> {
 
 /// Deserializes a listener's protocol options into the adapter's config
 /// type, reporting errors with their full key path.
-#[allow(dead_code)]
 pub(crate) fn options<T: DeserializeOwned>(
     path: &str,
     options: &BTreeMap<String, figment::value::Value>,

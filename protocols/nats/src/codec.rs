@@ -1,0 +1,506 @@
+//! The NATS client protocol on the wire: an incremental parser for what
+//! clients send, and encoders for what the server sends.
+//!
+//! # Byte layout (client → server)
+//!
+//! ```text
+//! CONNECT <json>\r\n
+//! PUB <subject> [reply-to] <#bytes>\r\n<payload>\r\n
+//! HPUB <subject> [reply-to] <#header bytes> <#total bytes>\r\n<headers><payload>\r\n
+//! SUB <subject> [queue group] <sid>\r\n
+//! UNSUB <sid> [max_msgs]\r\n
+//! PING\r\n | PONG\r\n
+//! ```
+//!
+//! Verbs are case-insensitive; arguments are separated by spaces or tabs; a
+//! bare `\n` ends a line as well as `\r\n` (as nats-server accepts).
+//!
+//! # Limits (checked before memory is committed)
+//!
+//! * A control line longer than `max_control_line` is an error as soon as
+//!   that many bytes are buffered without a newline (nats-server: `Maximum
+//!   Control Line Exceeded`).
+//! * A `PUB`/`HPUB` whose declared size exceeds `max_payload` is an error
+//!   when its control line is read, before any payload is buffered
+//!   (`Maximum Payload Violation`).
+//!
+//! The parser keeps its scan position between calls, so a control line that
+//! arrives a byte at a time is scanned once. Payloads are sliced out of the
+//! read buffer without copying (`split_to(n).freeze()`).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// One operation a client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// `CONNECT` and its JSON options (unparsed).
+    Connect(Bytes),
+    /// `PUB` (`header_len == 0`) or `HPUB`. `payload` holds the header block
+    /// followed by the body.
+    Pub {
+        subject: Bytes,
+        reply: Option<Bytes>,
+        header_len: usize,
+        payload: Bytes,
+    },
+    Sub {
+        subject: Bytes,
+        queue: Option<Bytes>,
+        sid: Bytes,
+    },
+    Unsub {
+        sid: Bytes,
+        max: Option<u64>,
+    },
+    Ping,
+    Pong,
+}
+
+/// Why the byte stream is not the NATS protocol. Every one closes the
+/// connection after the `-ERR` [`ParseError::err_text`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("unknown protocol operation")]
+    UnknownOp,
+    #[error("control line longer than {limit} bytes")]
+    MaxControlLine { limit: usize },
+    #[error("payload of {size} bytes exceeds the maximum of {limit}")]
+    MaxPayload { size: u64, limit: usize },
+    #[error("bad arguments: {0}")]
+    BadArgs(&'static str),
+    #[error("payload not followed by CRLF")]
+    BadTerminator,
+}
+
+impl ParseError {
+    /// The text nats-server sends in `-ERR '…'` for this error.
+    pub fn err_text(&self) -> &'static str {
+        match self {
+            ParseError::MaxControlLine { .. } => "Maximum Control Line Exceeded",
+            ParseError::MaxPayload { .. } => "Maximum Payload Violation",
+            ParseError::UnknownOp | ParseError::BadArgs(_) | ParseError::BadTerminator => {
+                "Unknown Protocol Operation"
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct PendingPub {
+    subject: Bytes,
+    reply: Option<Bytes>,
+    header_len: usize,
+    size: usize,
+}
+
+/// Incremental parser. Feed it the connection's read buffer; it consumes
+/// whole operations from the front.
+#[derive(Debug)]
+pub struct Parser {
+    max_control_line: usize,
+    max_payload: usize,
+    /// Bytes of the buffer already searched for a newline.
+    scanned: usize,
+    /// A `PUB`/`HPUB` whose control line is consumed, waiting for its payload.
+    pending: Option<PendingPub>,
+}
+
+fn is_space(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Splits `line` into whitespace-separated arguments (zero-copy), at most
+/// `N`; returns `None` when there are more.
+fn split_args<const N: usize>(line: &Bytes) -> Option<([Bytes; N], usize)> {
+    let mut out: [Bytes; N] = std::array::from_fn(|_| Bytes::new());
+    let mut n = 0;
+    let mut start: Option<usize> = None;
+    for (i, &b) in line.iter().enumerate() {
+        if is_space(b) {
+            if let Some(s) = start.take() {
+                *out.get_mut(n)? = line.slice(s..i);
+                n += 1;
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    if let Some(s) = start {
+        *out.get_mut(n)? = line.slice(s..);
+        n += 1;
+    }
+    Some((out, n))
+}
+
+fn parse_size(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(n)
+}
+
+impl Parser {
+    pub fn new(max_control_line: usize, max_payload: usize) -> Self {
+        Parser {
+            max_control_line,
+            max_payload,
+            scanned: 0,
+            pending: None,
+        }
+    }
+
+    /// The largest payload accepted (`max_payload` in `INFO`).
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Parses the next operation from the front of `buf`. `Ok(None)` means
+    /// more bytes are needed (the buffer is reserved for a known shortfall).
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<ClientOp>, ParseError> {
+        loop {
+            if let Some(p) = &self.pending {
+                let need = p.size + 2;
+                if buf.len() < need {
+                    buf.reserve(need - buf.len());
+                    return Ok(None);
+                }
+                let p = self.pending.take().ok_or(ParseError::UnknownOp)?;
+                let payload = buf.split_to(p.size).freeze();
+                if buf.get(..2) != Some(b"\r\n") {
+                    return Err(ParseError::BadTerminator);
+                }
+                let _ = buf.split_to(2);
+                return Ok(Some(ClientOp::Pub {
+                    subject: p.subject,
+                    reply: p.reply,
+                    header_len: p.header_len,
+                    payload,
+                }));
+            }
+            let from = self.scanned.min(buf.len());
+            let Some(nl) = buf.get(from..).and_then(|rest| memchr::memchr(b'\n', rest)) else {
+                if buf.len() > self.max_control_line {
+                    return Err(ParseError::MaxControlLine {
+                        limit: self.max_control_line,
+                    });
+                }
+                self.scanned = buf.len();
+                return Ok(None);
+            };
+            let end = from + nl;
+            self.scanned = 0;
+            let mut line = buf.split_to(end + 1).freeze();
+            line.truncate(end);
+            if line.last() == Some(&b'\r') {
+                line.truncate(line.len() - 1);
+            }
+            if line.len() > self.max_control_line {
+                return Err(ParseError::MaxControlLine {
+                    limit: self.max_control_line,
+                });
+            }
+            if let Some(op) = self.control_line(line)? {
+                return Ok(Some(op));
+            }
+        }
+    }
+
+    /// Parses one control line. `Ok(None)` when it was a `PUB`/`HPUB` whose
+    /// payload is still to come (it is then pending).
+    fn control_line(&mut self, line: Bytes) -> Result<Option<ClientOp>, ParseError> {
+        let verb_end = line.iter().position(|&b| is_space(b)).unwrap_or(line.len());
+        let verb = line.get(..verb_end).ok_or(ParseError::UnknownOp)?;
+        let rest = line.slice(verb_end..);
+        let upper = |v: &[u8], want: &[u8]| v.eq_ignore_ascii_case(want);
+        if upper(verb, b"PUB") {
+            let (a, n) =
+                split_args::<3>(&rest).ok_or(ParseError::BadArgs("PUB takes 2 or 3 arguments"))?;
+            let [x, y, z] = a;
+            let (subject, reply, size) = match n {
+                2 => (x, None, y),
+                3 => (x, Some(y), z),
+                _ => return Err(ParseError::BadArgs("PUB takes 2 or 3 arguments")),
+            };
+            let size = parse_size(&size).ok_or(ParseError::BadArgs("PUB size"))?;
+            self.start_payload(subject, reply, 0, size)
+        } else if upper(verb, b"HPUB") {
+            let (a, n) =
+                split_args::<4>(&rest).ok_or(ParseError::BadArgs("HPUB takes 3 or 4 arguments"))?;
+            let [w, x, y, z] = a;
+            let (subject, reply, hdr, total) = match n {
+                3 => (w, None, x, y),
+                4 => (w, Some(x), y, z),
+                _ => return Err(ParseError::BadArgs("HPUB takes 3 or 4 arguments")),
+            };
+            let hdr = parse_size(&hdr).ok_or(ParseError::BadArgs("HPUB header size"))?;
+            let total = parse_size(&total).ok_or(ParseError::BadArgs("HPUB total size"))?;
+            if hdr > total {
+                return Err(ParseError::BadArgs(
+                    "HPUB header size larger than total size",
+                ));
+            }
+            let hdr = usize::try_from(hdr).map_err(|_| ParseError::BadArgs("HPUB header size"))?;
+            self.start_payload(subject, reply, hdr, total)
+        } else if upper(verb, b"SUB") {
+            let (a, n) =
+                split_args::<3>(&rest).ok_or(ParseError::BadArgs("SUB takes 2 or 3 arguments"))?;
+            let [x, y, z] = a;
+            Ok(Some(match n {
+                2 => ClientOp::Sub {
+                    subject: x,
+                    queue: None,
+                    sid: y,
+                },
+                3 => ClientOp::Sub {
+                    subject: x,
+                    queue: Some(y),
+                    sid: z,
+                },
+                _ => return Err(ParseError::BadArgs("SUB takes 2 or 3 arguments")),
+            }))
+        } else if upper(verb, b"UNSUB") {
+            let (a, n) = split_args::<2>(&rest)
+                .ok_or(ParseError::BadArgs("UNSUB takes 1 or 2 arguments"))?;
+            let [x, y] = a;
+            Ok(Some(match n {
+                1 => ClientOp::Unsub { sid: x, max: None },
+                2 => ClientOp::Unsub {
+                    sid: x,
+                    max: Some(parse_size(&y).ok_or(ParseError::BadArgs("UNSUB max"))?),
+                },
+                _ => return Err(ParseError::BadArgs("UNSUB takes 1 or 2 arguments")),
+            }))
+        } else if upper(verb, b"PING") && rest.iter().all(|&b| is_space(b)) {
+            Ok(Some(ClientOp::Ping))
+        } else if upper(verb, b"PONG") && rest.iter().all(|&b| is_space(b)) {
+            Ok(Some(ClientOp::Pong))
+        } else if upper(verb, b"CONNECT") {
+            let start = rest
+                .iter()
+                .position(|&b| !is_space(b))
+                .unwrap_or(rest.len());
+            Ok(Some(ClientOp::Connect(rest.slice(start..))))
+        } else {
+            Err(ParseError::UnknownOp)
+        }
+    }
+
+    fn start_payload(
+        &mut self,
+        subject: Bytes,
+        reply: Option<Bytes>,
+        header_len: usize,
+        size: u64,
+    ) -> Result<Option<ClientOp>, ParseError> {
+        if size > self.max_payload as u64 {
+            return Err(ParseError::MaxPayload {
+                size,
+                limit: self.max_payload,
+            });
+        }
+        let size = usize::try_from(size).map_err(|_| ParseError::BadArgs("size"))?;
+        self.pending = Some(PendingPub {
+            subject,
+            reply,
+            header_len,
+            size,
+        });
+        Ok(None)
+    }
+}
+
+/// Appends `MSG`/`HMSG` for one delivery. `headers` is a complete
+/// `NATS/1.0` header block (ending in `\r\n\r\n`) or empty.
+pub fn encode_msg(
+    out: &mut BytesMut,
+    subject: &[u8],
+    sid: &[u8],
+    reply: Option<&[u8]>,
+    headers: &[u8],
+    body: &[u8],
+) {
+    let mut num = itoa::Buffer::new();
+    out.reserve(
+        subject.len() + sid.len() + reply.map_or(0, <[u8]>::len) + headers.len() + body.len() + 40,
+    );
+    if headers.is_empty() {
+        out.put_slice(b"MSG ");
+    } else {
+        out.put_slice(b"HMSG ");
+    }
+    out.put_slice(subject);
+    out.put_u8(b' ');
+    out.put_slice(sid);
+    out.put_u8(b' ');
+    if let Some(r) = reply {
+        out.put_slice(r);
+        out.put_u8(b' ');
+    }
+    if !headers.is_empty() {
+        out.put_slice(num.format(headers.len()).as_bytes());
+        out.put_u8(b' ');
+    }
+    out.put_slice(num.format(headers.len() + body.len()).as_bytes());
+    out.put_slice(b"\r\n");
+    out.put_slice(headers);
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+/// Appends `-ERR '<text>'`.
+pub fn encode_err(out: &mut BytesMut, text: &str) {
+    out.put_slice(b"-ERR '");
+    out.put_slice(text.as_bytes());
+    out.put_slice(b"'\r\n");
+}
+
+/// Appends `INFO <json>`.
+pub fn encode_info(out: &mut BytesMut, json: &[u8]) {
+    out.put_slice(b"INFO ");
+    out.put_slice(json);
+    out.put_slice(b"\r\n");
+}
+
+pub const PING: &[u8] = b"PING\r\n";
+pub const PONG: &[u8] = b"PONG\r\n";
+pub const OK: &[u8] = b"+OK\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Result<Vec<ClientOp>, ParseError> {
+        let mut p = Parser::new(4096, 1024 * 1024);
+        let mut buf = BytesMut::from(input);
+        let mut ops = Vec::new();
+        while let Some(op) = p.parse(&mut buf)? {
+            ops.push(op);
+        }
+        Ok(ops)
+    }
+
+    #[test]
+    fn parses_every_op() {
+        let ops = parse_all(
+            b"CONNECT {\"verbose\":false}\r\nPUB a.b 5\r\nhello\r\npub a.b r.1 0\r\n\r\nHPUB x 12 14\r\nNATS/1.0\r\n\r\nhi\r\nSUB a.* 1\r\nsub a.> q 2\r\nUNSUB 1\r\nunsub 2 10\r\nPING\r\npong\n",
+        )
+        .unwrap();
+        assert_eq!(ops.len(), 10);
+        assert_eq!(
+            ops[0],
+            ClientOp::Connect(Bytes::from_static(b"{\"verbose\":false}"))
+        );
+        assert_eq!(
+            ops[1],
+            ClientOp::Pub {
+                subject: Bytes::from_static(b"a.b"),
+                reply: None,
+                header_len: 0,
+                payload: Bytes::from_static(b"hello")
+            }
+        );
+        assert!(
+            matches!(&ops[2], ClientOp::Pub { reply: Some(r), payload, .. } if &r[..] == b"r.1" && payload.is_empty())
+        );
+        assert!(
+            matches!(&ops[3], ClientOp::Pub { header_len: 12, payload, .. } if &payload[..] == b"NATS/1.0\r\n\r\nhi")
+        );
+        assert!(
+            matches!(&ops[5], ClientOp::Sub { queue: Some(q), sid, .. } if &q[..] == b"q" && &sid[..] == b"2")
+        );
+        assert_eq!(
+            ops[7],
+            ClientOp::Unsub {
+                sid: Bytes::from_static(b"2"),
+                max: Some(10)
+            }
+        );
+        assert_eq!(ops[8], ClientOp::Ping);
+        assert_eq!(ops[9], ClientOp::Pong);
+    }
+
+    #[test]
+    fn tabs_and_extra_spaces_separate_arguments() {
+        let ops = parse_all(b"PUB \t a.b \t 2\r\nhi\r\n").unwrap();
+        assert!(matches!(&ops[0], ClientOp::Pub { subject, .. } if &subject[..] == b"a.b"));
+    }
+
+    #[test]
+    fn errors_match_nats_server() {
+        assert_eq!(parse_all(b"FOO\r\n"), Err(ParseError::UnknownOp));
+        assert_eq!(
+            parse_all(b"PUB a 5\r\nhelloXX"),
+            Err(ParseError::BadTerminator)
+        );
+        assert!(matches!(
+            parse_all(b"PUB a 2000000\r\n"),
+            Err(ParseError::MaxPayload { .. })
+        ));
+        assert!(matches!(
+            parse_all(&[b'x'; 5000]),
+            Err(ParseError::MaxControlLine { .. })
+        ));
+        assert!(matches!(
+            parse_all(b"PUB a\r\n"),
+            Err(ParseError::BadArgs(_))
+        ));
+        assert!(matches!(
+            parse_all(b"PUB a b c d\r\n"),
+            Err(ParseError::BadArgs(_))
+        ));
+        assert!(matches!(
+            parse_all(b"PUB a -1\r\n"),
+            Err(ParseError::BadArgs(_))
+        ));
+        assert!(matches!(
+            parse_all(b"HPUB a 10 5\r\n"),
+            Err(ParseError::BadArgs(_))
+        ));
+        assert!(matches!(
+            parse_all(b"SUB a\r\n"),
+            Err(ParseError::BadArgs(_))
+        ));
+        assert_eq!(
+            ParseError::UnknownOp.err_text(),
+            "Unknown Protocol Operation"
+        );
+    }
+
+    #[test]
+    fn max_payload_is_checked_before_the_payload_arrives() {
+        let mut p = Parser::new(4096, 10);
+        let mut buf = BytesMut::from(&b"PUB a 11\r\n"[..]);
+        assert!(matches!(
+            p.parse(&mut buf),
+            Err(ParseError::MaxPayload {
+                size: 11,
+                limit: 10
+            })
+        ));
+    }
+
+    #[test]
+    fn encodes_msg_and_hmsg() {
+        let mut out = BytesMut::new();
+        encode_msg(&mut out, b"a.b", b"7", None, b"", b"hi");
+        encode_msg(
+            &mut out,
+            b"a.b",
+            b"7",
+            Some(b"r"),
+            b"NATS/1.0\r\n\r\n",
+            b"hi",
+        );
+        assert_eq!(
+            &out[..],
+            b"MSG a.b 7 2\r\nhi\r\nHMSG a.b 7 r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
+        );
+    }
+}

@@ -1,0 +1,646 @@
+//! The connection driver: one task, one `select!` loop per connection.
+//!
+//! Order of the loop (biased): shutdown, deliveries (drained and coalesced
+//! into one write), broker events (slow consumer, cancelled consumers), the
+//! PING timer, the CONNECT deadline, then reading. Reading is done only
+//! between writes, so a client that does not read its socket is cut off by
+//! the write deadline instead of growing memory.
+
+use crate::NatsConfig;
+use crate::codec::{self, ClientOp, Parser};
+use crate::mapping;
+use bytes::{Bytes, BytesMut};
+use hashbrown::HashMap;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter};
+use switchyard_core::{
+    Broker, ConsumeOptions, CoreError, Delivery, Overflow, QueueOptions, Session, SessionEvent,
+    Subscribe, SubscriptionKind,
+};
+use switchyard_model::{AddressFilter, ConsumerId, Headers, Message, Properties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The NATS protocol adapter.
+#[derive(Debug)]
+pub struct NatsAdapter {
+    config: NatsConfig,
+    server_id: String,
+    /// Deliveries dropped because their address is not a NATS subject.
+    dropped_unwritable: AtomicU64,
+}
+
+impl NatsAdapter {
+    pub fn new(config: NatsConfig) -> Self {
+        NatsAdapter {
+            config,
+            server_id: server_id(),
+            dropped_unwritable: AtomicU64::new(0),
+        }
+    }
+
+    /// Deliveries dropped because their address cannot be written as a
+    /// NATS subject.
+    pub fn dropped_unwritable(&self) -> u64 {
+        self.dropped_unwritable.load(Ordering::Relaxed)
+    }
+}
+
+fn server_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    let a = h.finish();
+    h.write_u64(a);
+    format!("SY{a:016X}{:016X}", h.finish())
+}
+
+#[async_trait::async_trait]
+impl ProtocolAdapter for NatsAdapter {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn serve(&self, conn: Connection, broker: Broker) -> Result<(), AdapterError> {
+        let limits = broker.config().limits.clone();
+        let max_payload = self
+            .config
+            .max_payload
+            .as_usize()
+            .min(limits.max_message_size.as_usize());
+        let session = broker.session("nats", conn.id);
+        let deliveries = session.deliveries();
+        let mut c = Conn {
+            deliveries,
+            adapter: self,
+            session,
+            parser: Parser::new(self.config.max_control_line.as_usize(), max_payload),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            scratch: BytesMut::new(),
+            subs: HashMap::new(),
+            sids: HashMap::new(),
+            opts: ConnectOptions::default(),
+            connected: false,
+            pings_out: 0,
+            expired: Vec::new(),
+        };
+        let info = c.info_json(&conn, max_payload);
+        codec::encode_info(&mut c.wbuf, info.as_bytes());
+        c.run(conn, limits.handshake_timeout.get()).await
+    }
+}
+
+/// `CONNECT` options (unknown fields are ignored, as nats-server does).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+struct ConnectOptions {
+    verbose: bool,
+    pedantic: bool,
+    echo: bool,
+    headers: bool,
+    no_responders: bool,
+    protocol: u32,
+    name: Option<String>,
+    lang: Option<String>,
+    version: Option<String>,
+    user: Option<String>,
+    pass: Option<String>,
+    auth_token: Option<String>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            verbose: false,
+            pedantic: false,
+            echo: true,
+            headers: false,
+            no_responders: false,
+            protocol: 0,
+            name: None,
+            lang: None,
+            version: None,
+            user: None,
+            pass: None,
+            auth_token: None,
+        }
+    }
+}
+
+/// Checks a client's credentials. Every client is accepted until users and
+/// ACLs land (the security issue plugs in here).
+fn authenticate(_opts: &ConnectOptions) -> Result<(), &'static str> {
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Sub {
+    sid: Bytes,
+    filter: AddressFilter,
+    max: Option<u64>,
+    delivered: u64,
+}
+
+/// How a turn of the loop ended for the connection.
+enum Flow {
+    Continue,
+    /// Close after flushing what is written (an `-ERR` usually).
+    Close(AdapterError),
+    /// The peer closed.
+    Eof,
+}
+
+struct Conn<'a> {
+    adapter: &'a NatsAdapter,
+    session: Session,
+    parser: Parser,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    scratch: BytesMut,
+    subs: HashMap<ConsumerId, Sub>,
+    sids: HashMap<Bytes, ConsumerId>,
+    opts: ConnectOptions,
+    connected: bool,
+    pings_out: u32,
+    /// Subscriptions that reached their `UNSUB` max during this turn.
+    expired: Vec<ConsumerId>,
+    deliveries: switchyard_core::Deliveries,
+}
+
+/// Largest read buffer kept while idle; bigger ones are released.
+const IDLE_BUFFER: usize = 16 * 1024;
+/// Coalesce at most this many bytes of deliveries into one write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+impl Conn<'_> {
+    fn cfg(&self) -> &NatsConfig {
+        &self.adapter.config
+    }
+
+    fn info_json(&self, conn: &Connection, max_payload: usize) -> String {
+        let local = conn.local;
+        serde_json::json!({
+            "server_id": self.adapter.server_id,
+            "server_name": self.cfg().server_name,
+            "version": env!("CARGO_PKG_VERSION"),
+            "proto": 1,
+            "go": "switchyard",
+            "host": local.map_or_else(|| "0.0.0.0".to_owned(), |a| a.ip().to_string()),
+            "port": local.map_or(4222, |a| a.port()),
+            "headers": true,
+            "max_payload": max_payload,
+            "client_id": conn.id.get(),
+            "client_ip": conn.peer.map(|p| p.ip().to_string()),
+            "auth_required": false,
+            "tls_required": false,
+            "tls_available": false,
+        })
+        .to_string()
+    }
+
+    async fn run(mut self, conn: Connection, handshake: Duration) -> Result<(), AdapterError> {
+        let Connection {
+            mut stream,
+            shutdown,
+            ..
+        } = conn;
+        let deliveries = self.deliveries.clone();
+        let period = self
+            .cfg()
+            .ping_interval
+            .get()
+            .max(Duration::from_millis(10));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let connect_deadline = tokio::time::sleep(handshake);
+        tokio::pin!(connect_deadline);
+        let write_deadline = self.cfg().write_deadline.get();
+
+        self.flush(&mut stream, write_deadline).await?;
+        loop {
+            let flow = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // Clients reconnect on their own; nats-server simply closes.
+                    let _ = self.flush(&mut stream, Duration::from_millis(200)).await;
+                    return Ok(());
+                }
+                Some(d) = deliveries.recv() => {
+                    self.deliver(d);
+                    self.drain_ready();
+                    Flow::Continue
+                }
+                () = deliveries.event_ready() => self.on_events(&deliveries),
+                _ = ping.tick() => {
+                    if self.pings_out >= self.cfg().max_pings_out {
+                        codec::encode_err(&mut self.wbuf, "Stale Connection");
+                        Flow::Close(AdapterError::Timeout("stale connection"))
+                    } else {
+                        self.pings_out += 1;
+                        self.wbuf.extend_from_slice(codec::PING);
+                        Flow::Continue
+                    }
+                }
+                () = &mut connect_deadline, if !self.connected => {
+                    codec::encode_err(&mut self.wbuf, "Authentication Timeout");
+                    Flow::Close(AdapterError::Timeout("no CONNECT"))
+                }
+                r = read_some(&mut stream, &mut self.rbuf) => match r {
+                    Ok(0) => Flow::Eof,
+                    Ok(_) => self.on_read(),
+                    Err(e) => Flow::Close(AdapterError::Io(e)),
+                },
+            };
+            match flow {
+                Flow::Continue => self.flush(&mut stream, write_deadline).await?,
+                Flow::Eof => return Ok(()),
+                Flow::Close(e) => {
+                    let _ = self.flush(&mut stream, Duration::from_millis(500)).await;
+                    let _ = stream.shutdown().await;
+                    return Err(e);
+                }
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER {
+                self.rbuf = BytesMut::new();
+            }
+        }
+    }
+
+    async fn flush(
+        &mut self,
+        stream: &mut Box<dyn switchyard_core::spi::Stream>,
+        deadline: Duration,
+    ) -> Result<(), AdapterError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            stream.write_all(&self.wbuf).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(deadline, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(AdapterError::Io(e)),
+            Err(_) => {
+                tracing::info!("slow consumer: write deadline exceeded");
+                return Err(AdapterError::Timeout("slow consumer (write deadline)"));
+            }
+        }
+        if self.wbuf.capacity() > WRITE_BATCH * 2 {
+            self.wbuf = BytesMut::new();
+        } else {
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    fn on_events(&mut self, deliveries: &switchyard_core::Deliveries) -> Flow {
+        for event in deliveries.take_events() {
+            match event {
+                SessionEvent::Overflowed(_) => {
+                    tracing::info!("slow consumer: pending limit exceeded");
+                    codec::encode_err(&mut self.wbuf, "Slow Consumer");
+                    return Flow::Close(AdapterError::Protocol("slow consumer".into()));
+                }
+                SessionEvent::ConsumerCancelled(id) => {
+                    if let Some(sub) = self.subs.remove(&id) {
+                        self.sids.remove(&sub.sid);
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_read(&mut self) -> Flow {
+        loop {
+            match self.parser.parse(&mut self.rbuf) {
+                Ok(Some(op)) => {
+                    if let Flow::Close(e) = self.on_op(op) {
+                        return Flow::Close(e);
+                    }
+                }
+                Ok(None) => return Flow::Continue,
+                Err(e) => {
+                    codec::encode_err(&mut self.wbuf, e.err_text());
+                    return Flow::Close(AdapterError::Protocol(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn ok(&mut self) {
+        if self.opts.verbose {
+            self.wbuf.extend_from_slice(codec::OK);
+        }
+    }
+
+    fn close_with(&mut self, err: &str) -> Flow {
+        codec::encode_err(&mut self.wbuf, err);
+        Flow::Close(AdapterError::Protocol(err.to_owned()))
+    }
+
+    fn on_op(&mut self, op: ClientOp) -> Flow {
+        match op {
+            ClientOp::Ping => {
+                // Messages this connection's own publishes produced for its
+                // own subscriptions are already waiting: write them before
+                // the PONG, as nats-server does, so a PING/PONG round trip
+                // is a barrier for them too.
+                self.drain_ready();
+                self.wbuf.extend_from_slice(codec::PONG);
+                Flow::Continue
+            }
+            ClientOp::Pong => {
+                self.pings_out = 0;
+                Flow::Continue
+            }
+            ClientOp::Connect(json) => self.on_connect(&json),
+            ClientOp::Pub {
+                subject,
+                reply,
+                header_len,
+                payload,
+            } => self.on_pub(&subject, reply, header_len, payload),
+            ClientOp::Sub {
+                subject,
+                queue,
+                sid,
+            } => self.on_sub(&subject, queue, sid),
+            ClientOp::Unsub { sid, max } => {
+                if let Some(&id) = self.sids.get(&sid) {
+                    let done = match (max, self.subs.get_mut(&id)) {
+                        (Some(m), Some(sub)) => {
+                            sub.max = Some(m);
+                            sub.delivered >= m
+                        }
+                        _ => true,
+                    };
+                    if done {
+                        self.unsubscribe(id);
+                    }
+                }
+                self.ok();
+                Flow::Continue
+            }
+        }
+    }
+
+    fn on_connect(&mut self, json: &[u8]) -> Flow {
+        let opts: ConnectOptions = match serde_json::from_slice(json) {
+            Ok(o) => o,
+            Err(_) => return self.close_with("Unknown Protocol Operation"),
+        };
+        if opts.protocol > 1 {
+            return self.close_with("invalid client protocol");
+        }
+        if opts.no_responders && !opts.headers {
+            return self.close_with("no responders requires headers support");
+        }
+        if authenticate(&opts).is_err() {
+            return self.close_with("Authorization Violation");
+        }
+        if let Some(name) = &opts.name {
+            tracing::Span::current().record("client_id", name.as_str());
+        }
+        tracing::debug!(lang = ?opts.lang, version = ?opts.version, "CONNECT");
+        self.opts = opts;
+        self.connected = true;
+        self.ok();
+        Flow::Continue
+    }
+
+    fn on_pub(
+        &mut self,
+        subject: &Bytes,
+        reply: Option<Bytes>,
+        header_len: usize,
+        payload: Bytes,
+    ) -> Flow {
+        let address = match mapping::subject_to_address(subject) {
+            Ok(a) => a,
+            Err(_) => {
+                if self.opts.pedantic {
+                    codec::encode_err(&mut self.wbuf, "Invalid Publish Subject");
+                }
+                return Flow::Continue;
+            }
+        };
+        let reply_to = match reply {
+            Some(r) => match std::str::from_utf8(&r) {
+                Ok(s) if mapping::is_wire_subject(s) => Some(Arc::<str>::from(s)),
+                _ => {
+                    if self.opts.pedantic {
+                        codec::encode_err(&mut self.wbuf, "Invalid Publish Subject");
+                    }
+                    return Flow::Continue;
+                }
+            },
+            None => None,
+        };
+        let mut msg = Message::multicast(&address, Bytes::new());
+        let mut props = Properties::default();
+        let mut headers = Headers::new();
+        if header_len > 0 {
+            if let Some(block) = payload.get(..header_len) {
+                mapping::read_headers(block, &mut headers, &mut props);
+            }
+            msg.body = payload.slice(header_len.min(payload.len())..);
+        } else {
+            msg.body = payload;
+        }
+        props.reply_to = reply_to.clone();
+        msg.properties = props;
+        msg.headers = headers;
+        match self.session.publish(msg) {
+            Ok(published) => {
+                if let Some(reply) = reply_to
+                    && self.opts.no_responders
+                    && published.routed == 0
+                {
+                    self.no_responders(&reply);
+                }
+                self.ok();
+                Flow::Continue
+            }
+            Err(CoreError::MessageTooLarge { .. }) => self.close_with("Maximum Payload Violation"),
+            Err(CoreError::AccessRefused(_)) => {
+                let text = format!(
+                    "Permissions Violation for Publish to \"{}\"",
+                    address.as_str()
+                );
+                codec::encode_err(&mut self.wbuf, &text);
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "publish failed");
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Tells the requester nobody is listening: a 503 status message on the
+    /// requester's own subscription that matches the reply subject.
+    fn no_responders(&mut self, reply: &str) {
+        let sid = self
+            .subs
+            .values()
+            .find(|s| s.filter.matches(reply))
+            .map(|s| s.sid.clone());
+        if let Some(sid) = sid {
+            codec::encode_msg(
+                &mut self.wbuf,
+                reply.as_bytes(),
+                &sid,
+                None,
+                mapping::NO_RESPONDERS,
+                b"",
+            );
+        }
+    }
+
+    fn on_sub(&mut self, subject: &Bytes, queue: Option<Bytes>, sid: Bytes) -> Flow {
+        let Ok(filter) = mapping::subject_to_filter(subject) else {
+            return self.close_with("Invalid Subject");
+        };
+        if self.sids.contains_key(&sid) {
+            // nats-server keeps the existing subscription for a repeated sid.
+            self.ok();
+            return Flow::Continue;
+        }
+        let kind = match &queue {
+            Some(q) => match std::str::from_utf8(q) {
+                Ok(name) if mapping::valid_queue_group(q) => {
+                    SubscriptionKind::Shared(Arc::from(name))
+                }
+                _ => return self.close_with("Invalid Queue Group"),
+            },
+            None => SubscriptionKind::Temporary,
+        };
+        let sub = Subscribe {
+            filter: filter.clone(),
+            queue: QueueOptions {
+                no_local: !self.opts.echo && queue.is_none(),
+                max_bytes: Some(self.cfg().max_pending.bytes()),
+                overflow: Overflow::DropHead,
+                notify_overflow: true,
+                ..QueueOptions::default()
+            },
+            kind,
+            consume: ConsumeOptions::default(),
+        };
+        match self.session.subscribe(sub) {
+            Ok(id) => {
+                self.sids.insert(sid.clone(), id);
+                self.subs.insert(
+                    id,
+                    Sub {
+                        sid,
+                        filter,
+                        max: None,
+                        delivered: 0,
+                    },
+                );
+                self.ok();
+                Flow::Continue
+            }
+            Err(CoreError::ResourceLimit(_)) => self.close_with("Maximum Subscriptions Exceeded"),
+            Err(CoreError::AccessRefused(_)) => {
+                let text = format!(
+                    "Permissions Violation for Subscription to \"{}\"",
+                    String::from_utf8_lossy(subject)
+                );
+                codec::encode_err(&mut self.wbuf, &text);
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "subscribe failed");
+                self.close_with("Invalid Subject")
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, id: ConsumerId) {
+        if let Some(sub) = self.subs.remove(&id) {
+            self.sids.remove(&sub.sid);
+        }
+        let _ = self.session.cancel(id);
+    }
+
+    /// Encodes every delivery that is ready now (up to one write's worth).
+    fn drain_ready(&mut self) {
+        while self.wbuf.len() < WRITE_BATCH {
+            match self.deliveries.try_recv() {
+                Some(d) => self.deliver(d),
+                None => break,
+            }
+        }
+        self.cancel_expired();
+    }
+
+    fn cancel_expired(&mut self) {
+        while let Some(id) = self.expired.pop() {
+            self.unsubscribe(id);
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        let Some(sub) = self.subs.get_mut(&d.consumer) else {
+            return;
+        };
+        if sub.max.is_some_and(|m| sub.delivered >= m) {
+            return;
+        }
+        let msg = &d.message;
+        if !mapping::is_wire_subject(&msg.address) {
+            self.adapter
+                .dropped_unwritable
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(address = %msg.address, "address is not a NATS subject; delivery dropped");
+            return;
+        }
+        sub.delivered += 1;
+        if sub.max.is_some_and(|m| sub.delivered >= m) {
+            self.expired.push(d.consumer);
+        }
+        let reply = msg
+            .properties
+            .reply_to
+            .as_deref()
+            .filter(|r| mapping::is_wire_subject(r))
+            .map(str::as_bytes);
+        if self.opts.headers {
+            mapping::write_headers(msg, &mut self.scratch);
+        } else {
+            self.scratch.clear();
+        }
+        codec::encode_msg(
+            &mut self.wbuf,
+            msg.address.as_bytes(),
+            &sub.sid,
+            reply,
+            &self.scratch,
+            &msg.body,
+        );
+    }
+}
+
+/// Reads into `buf`, growing it in steps while data flows (and keeping it
+/// small on idle connections).
+async fn read_some(
+    stream: &mut Box<dyn switchyard_core::spi::Stream>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < 1024 {
+        let grow = if buf.capacity() == 0 {
+            4096
+        } else {
+            buf.capacity().clamp(4096, 64 * 1024)
+        };
+        buf.reserve(grow);
+    }
+    stream.read_buf(buf).await
+}
