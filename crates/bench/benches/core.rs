@@ -12,14 +12,14 @@ fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("publish_fanout");
     for n in [1usize, 10, 1000] {
         let (_broker, subs, publisher) = fanout_setup(n);
-        let streams: Vec<_> = subs.iter().map(|s| s.deliveries()).collect();
+        let mut streams: Vec<_> = subs.iter().map(|s| s.deliveries()).collect();
         let msg = message("bench.fanout", 1024).unwrap();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 let p = publisher.publish(msg.clone()).unwrap();
                 debug_assert_eq!(p.routed as usize, n);
-                for s in &streams {
+                for s in &mut streams {
                     black_box(s.try_recv());
                 }
             })
@@ -47,7 +47,7 @@ fn queue_roundtrip(c: &mut Criterion) {
             },
         )
         .unwrap();
-    let deliveries = s.deliveries();
+    let mut deliveries = s.deliveries();
     let msg = Message::anycast("bench.q", bytes::Bytes::from(vec![0u8; 1024]));
     c.bench_function("queue/enqueue_deliver_ack", |b| {
         b.iter(|| {

@@ -4,8 +4,20 @@
 //!   subscriptions; enqueue → deliver → ack on a queue. The router's own
 //!   benchmarks are in `crates/router/benches`.
 //!
-//! Run with `cargo bench -p switchyard-bench` (figures in
-//! `docs/benchmarks.md`).
+//! * `switchyard-bench` (the binary): lean load-generator drivers per
+//!   protocol, scenarios (pub/sub, fan-out, fan-in, competing consumers,
+//!   request/reply, fixed-rate latency), and `compare`, which runs them
+//!   against Switchyard and the peer brokers side by side.
+//!
+//! Run the micro-benchmarks with `cargo bench -p switchyard-bench`; figures
+//! are in `docs/benchmarks.md`.
+
+pub mod brokers;
+pub mod driver;
+pub mod nats;
+pub mod procstat;
+pub mod report;
+pub mod scenario;
 
 use bytes::Bytes;
 use switchyard_core::{Broker, CoreConfig, Session, Subscribe};

@@ -107,7 +107,6 @@ struct Counters {
     next_consumer: AtomicU64,
     next_queue: AtomicU64,
     next_exchange: AtomicU64,
-    published: AtomicU64,
     unroutable: AtomicU64,
 }
 
@@ -287,7 +286,6 @@ impl Broker {
             completion: None,
         };
         s.route_and_enqueue(&msg, &mut out, &mut fx)?;
-        s.counters.published.fetch_add(1, Ordering::Relaxed);
         if out.is_unroutable() {
             s.counters.unroutable.fetch_add(1, Ordering::Relaxed);
         }
@@ -503,7 +501,8 @@ impl Broker {
     pub fn stats(&self) -> BrokerStats {
         let s = &*self.shared;
         let mut stats = BrokerStats {
-            published: s.counters.published.load(Ordering::Relaxed),
+            // Every published message (client or dead letter) took one id.
+            published: s.counters.next_message.load(Ordering::Relaxed),
             unroutable: s.counters.unroutable.load(Ordering::Relaxed),
             queue_totals: *s.retired.lock(),
             ..Default::default()
@@ -692,7 +691,6 @@ impl Shared {
     }
 
     pub(crate) fn count_published(&self, p: &Published) {
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
         if p.is_unroutable() {
             self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
         }

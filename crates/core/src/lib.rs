@@ -43,7 +43,7 @@ pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQ
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
 pub use error::{CoreError, CoreResult};
 pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
-pub use outbox::{Deliveries, Delivery, SessionEvent};
+pub use outbox::{Deliveries, Delivery, Events, SessionEvent, WakeBatch};
 pub use queue::{DeadLetterTarget, DeathReason, QueueInfo, QueueOptions, QueueStats};
 pub use session::{ConsumeOptions, Session, Subscribe, SubscriptionKind, Transaction};
 pub use switchyard_journal::Completion;

@@ -1,22 +1,29 @@
-//! The path from queues to one connection: a bounded channel of
-//! [`Delivery`]s, bounded in count and in bytes, with a wake-up list.
+//! The path from queues to one connection: a bounded buffer of
+//! [`Delivery`]s (bounded in count and in bytes) that the connection's
+//! driver takes out a whole batch at a time.
 //!
-//! Queues push with `offer` (never blocking: the core never awaits a
-//! client). When the channel is full in count or bytes, the queue registers
-//! itself as a waiter and keeps the message. The connection's
-//! [`Deliveries::recv`] wakes the waiters once the channel has drained below
-//! half, and each waiter dispatches again.
+//! Queues push with `offer` under a short mutex; the core never awaits a
+//! client. When the buffer is full (count or bytes) the queue is registered
+//! as a waiter and keeps the message; the receiver, when it takes the batch
+//! out, wakes the waiters and they dispatch again. Waiter registration and
+//! the receiver's take happen under the same mutex, so no wake-up is lost.
 //!
-//! No lost wake-up: a queue registers (setting `has_waiters`) *before* it
-//! tries a second time, and the receiver checks `has_waiters` *after* it has
-//! taken a delivery. Either the second try sees the room the receiver made,
-//! or the receiver sees the flag. Both sides use `SeqCst`.
+//! Waking the receiving task costs far more than a push (a cross-thread
+//! task wake-up, often a futex), so it is done only when the buffer goes
+//! from empty to non-empty, and a publisher processing a burst (one read
+//! buffer of `PUB`s) defers those wake-ups to the end of the burst with a
+//! [`WakeBatch`]: each receiving connection is woken once per burst and
+//! finds many deliveries to encode into one write. This is how nats-server
+//! signals its per-client flusher once per read loop.
 
 use crate::queue::Queue;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use switchyard_model::{ConsumerId, DeliveryTag, Message};
+use tokio::sync::Notify;
 
 /// One message handed to one consumer.
 #[derive(Debug, Clone)]
@@ -51,112 +58,161 @@ pub enum SessionEvent {
 
 pub(crate) enum Offer {
     Sent,
-    /// The channel is full (count or bytes); the queue is registered to be
-    /// woken.
+    /// The buffer is full (count or bytes); the queue is registered to be
+    /// woken when there is room.
     Full,
-    /// The receiving side is gone.
+    /// The session is gone.
     Closed,
 }
 
-enum Push {
-    Sent,
-    Full(Delivery),
-    Closed,
+#[derive(Debug, Default)]
+struct Inner {
+    queue: VecDeque<Delivery>,
+    bytes: usize,
+    waiters: Vec<Weak<Queue>>,
+    closed: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    tx: flume::Sender<Delivery>,
+    inner: Mutex<Inner>,
     capacity: usize,
     max_bytes: usize,
-    bytes: AtomicUsize,
-    waiters: Mutex<Vec<Weak<Queue>>>,
-    has_waiters: AtomicBool,
+    /// Wakes the receiver when the buffer becomes non-empty.
+    notify: Notify,
+    /// Set while this outbox sits in a thread's deferred-wake list.
+    wake_pending: AtomicBool,
     events: Mutex<Vec<SessionEvent>>,
-    notify: tokio::sync::Notify,
+    event_notify: Notify,
+}
+
+thread_local! {
+    /// Outboxes whose wake-up is deferred to the end of the current
+    /// [`WakeBatch`] on this thread (`None`: no batch is open).
+    static DEFERRED: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// Defers receiver wake-ups caused by publishes on this thread until the
+/// guard is dropped; each receiving connection is then woken once.
+///
+/// Open one around a burst of synchronous publishes (a read buffer's worth)
+/// and drop it before the next `.await` — a guard held across an await point
+/// could move to another thread and delay wake-ups. Nested guards are
+/// allowed; the outermost one wakes.
+#[derive(Debug)]
+pub struct WakeBatch {
+    outermost: bool,
+}
+
+impl WakeBatch {
+    pub fn new() -> WakeBatch {
+        let outermost = DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(Vec::new());
+                true
+            } else {
+                false
+            }
+        });
+        WakeBatch { outermost }
+    }
+}
+
+impl Default for WakeBatch {
+    fn default() -> Self {
+        WakeBatch::new()
+    }
+}
+
+impl Drop for WakeBatch {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        let pending = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+        for o in pending {
+            o.wake_pending.store(false, Ordering::Release);
+            o.notify.notify_one();
+        }
+    }
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, max_bytes: usize) -> (Arc<Outbox>, Deliveries) {
-        let capacity = capacity.max(1);
-        let (tx, rx) = flume::bounded(capacity);
-        let outbox = Arc::new(Outbox {
-            tx,
-            capacity,
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            inner: Mutex::new(Inner::default()),
+            capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
-            bytes: AtomicUsize::new(0),
-            waiters: Mutex::new(Vec::new()),
-            has_waiters: AtomicBool::new(false),
+            notify: Notify::new(),
+            wake_pending: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
-            notify: tokio::sync::Notify::new(),
-        });
-        let deliveries = Deliveries {
-            rx,
-            outbox: outbox.clone(),
-        };
-        (outbox, deliveries)
+            event_notify: Notify::new(),
+        })
     }
 
-    fn try_push(&self, d: Delivery) -> Push {
-        let w = d.weight();
-        let before = self.bytes.fetch_add(w, Ordering::SeqCst);
-        // A single delivery larger than the byte budget still goes through
-        // when nothing else is buffered, or it could never be delivered.
-        if before > 0 && before + w > self.max_bytes {
-            self.bytes.fetch_sub(w, Ordering::SeqCst);
-            return Push::Full(d);
-        }
-        match self.tx.try_send(d) {
-            Ok(()) => Push::Sent,
-            Err(flume::TrySendError::Full(d)) => {
-                self.bytes.fetch_sub(w, Ordering::SeqCst);
-                Push::Full(d)
-            }
-            Err(flume::TrySendError::Disconnected(_)) => {
-                self.bytes.fetch_sub(w, Ordering::SeqCst);
-                Push::Closed
-            }
+    /// A new receiving handle.
+    pub(crate) fn receiver(outbox: &Arc<Outbox>) -> Deliveries {
+        Deliveries {
+            outbox: outbox.clone(),
+            local: VecDeque::new(),
         }
     }
 
     /// Hands `d` to the connection, or registers `queue` to be woken when
     /// there is room again.
-    pub(crate) fn offer(&self, d: Delivery, queue: &Arc<Queue>) -> Offer {
-        let d = match self.try_push(d) {
-            Push::Sent => return Offer::Sent,
-            Push::Closed => return Offer::Closed,
-            Push::Full(d) => d,
-        };
-        self.register(queue);
-        match self.try_push(d) {
-            Push::Sent => Offer::Sent,
-            Push::Closed => Offer::Closed,
-            Push::Full(_) => Offer::Full,
-        }
-    }
-
-    fn register(&self, queue: &Arc<Queue>) {
-        let mut waiters = self.waiters.lock();
-        if !waiters
-            .iter()
-            .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(queue)))
-        {
-            waiters.push(Arc::downgrade(queue));
-        }
-        self.has_waiters.store(true, Ordering::SeqCst);
-    }
-
-    fn wake(&self) {
-        let waiters = {
-            let mut w = self.waiters.lock();
-            self.has_waiters.store(false, Ordering::SeqCst);
-            std::mem::take(&mut *w)
-        };
-        for q in waiters {
-            if let Some(q) = q.upgrade() {
-                q.redispatch();
+    pub(crate) fn offer(self: &Arc<Self>, d: Delivery, queue: &Arc<Queue>) -> Offer {
+        let w = d.weight();
+        let was_empty = {
+            let mut g = self.inner.lock();
+            if g.closed {
+                return Offer::Closed;
             }
+            // A single delivery larger than the byte budget still goes out
+            // when nothing else is buffered, or it could never be delivered.
+            if g.queue.len() >= self.capacity || (g.bytes > 0 && g.bytes + w > self.max_bytes) {
+                if !g
+                    .waiters
+                    .iter()
+                    .any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(queue)))
+                {
+                    g.waiters.push(Arc::downgrade(queue));
+                }
+                return Offer::Full;
+            }
+            let was_empty = g.queue.is_empty();
+            g.queue.push_back(d);
+            g.bytes += w;
+            was_empty
+        };
+        if was_empty {
+            self.wake();
         }
+        Offer::Sent
+    }
+
+    fn wake(self: &Arc<Self>) {
+        let deferred = DEFERRED.with(|d| {
+            let mut d = d.borrow_mut();
+            match d.as_mut() {
+                Some(list) => {
+                    if !self.wake_pending.swap(true, Ordering::AcqRel) {
+                        list.push(self.clone());
+                    }
+                    true
+                }
+                None => false,
+            }
+        });
+        if !deferred {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The session is gone: refuse further deliveries and end the stream.
+    pub(crate) fn close(&self) {
+        self.inner.lock().closed = true;
+        self.notify.notify_one();
     }
 
     pub(crate) fn push_event(&self, event: SessionEvent) {
@@ -166,76 +222,136 @@ impl Outbox {
                 events.push(event);
             }
         }
-        self.notify.notify_one();
+        self.event_notify.notify_one();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_disconnected()
+        self.inner.lock().closed
     }
 }
 
-/// The receiving end of a connection's deliveries. Cloning is cheap; every
-/// clone reads the same stream.
-#[derive(Debug, Clone)]
+/// The receiving end of a session's deliveries. Use one per connection:
+/// it takes the whole buffer at a time into a local batch.
+#[derive(Debug)]
 pub struct Deliveries {
-    rx: flume::Receiver<Delivery>,
+    outbox: Arc<Outbox>,
+    local: VecDeque<Delivery>,
+}
+
+/// A handle on a session's broker events, separate from [`Deliveries`] so a
+/// driver can wait on both in one `select!`.
+#[derive(Debug, Clone)]
+pub struct Events {
     outbox: Arc<Outbox>,
 }
 
+/// Local batches larger than this are released once drained.
+const KEEP_LOCAL: usize = 256;
+
 impl Deliveries {
+    /// Moves everything buffered into the local batch; wakes queues that
+    /// were waiting for room. Returns false when there was nothing.
+    fn refill(&mut self) -> bool {
+        let waiters = {
+            let mut g = self.outbox.inner.lock();
+            if g.queue.is_empty() {
+                return false;
+            }
+            std::mem::swap(&mut g.queue, &mut self.local);
+            g.bytes = 0;
+            std::mem::take(&mut g.waiters)
+        };
+        for q in waiters {
+            if let Some(q) = q.upgrade() {
+                q.redispatch();
+            }
+        }
+        true
+    }
+
+    fn pop(&mut self) -> Option<Delivery> {
+        let d = self.local.pop_front();
+        if d.is_none() && self.local.capacity() > KEEP_LOCAL {
+            self.local = VecDeque::new();
+        }
+        d
+    }
+
     /// The next delivery. Cancel-safe: if the future is dropped before it
-    /// resolves, no delivery is lost. `None` once the session is gone.
-    pub async fn recv(&self) -> Option<Delivery> {
-        let d = self.rx.recv_async().await.ok()?;
-        self.taken(&d);
-        Some(d)
+    /// resolves, no delivery is lost. `None` once the session is closed.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(d) = self.local.pop_front() {
+                return Some(d);
+            }
+            if self.refill() {
+                continue;
+            }
+            if self.outbox.inner.lock().closed {
+                return None;
+            }
+            // A wake-up that raced with the check above left a permit.
+            self.outbox.notify.notified().await;
+        }
     }
 
     /// A delivery if one is ready now, without waiting. Drivers call this in
     /// a loop after `recv` to coalesce every ready delivery into one write.
-    pub fn try_recv(&self) -> Option<Delivery> {
-        let d = self.rx.try_recv().ok()?;
-        self.taken(&d);
-        Some(d)
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        if self.local.is_empty() {
+            self.refill();
+        }
+        self.pop()
     }
 
-    /// Deliveries waiting in the channel.
+    /// Deliveries waiting (buffered and in the local batch).
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.local.len() + self.outbox.inner.lock().queue.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.len() == 0
     }
 
-    #[inline]
-    fn taken(&self, d: &Delivery) {
-        let o = &*self.outbox;
-        let left = o
-            .bytes
-            .fetch_sub(d.weight(), Ordering::SeqCst)
-            .saturating_sub(d.weight());
-        if o.has_waiters.load(Ordering::SeqCst)
-            && left <= o.max_bytes / 2
-            && self.rx.len() <= o.capacity / 2
-        {
-            o.wake();
+    /// The session's event handle.
+    pub fn events(&self) -> Events {
+        Events {
+            outbox: self.outbox.clone(),
         }
     }
 
     /// Events the broker raised for this session since the last call.
     pub fn take_events(&self) -> Vec<SessionEvent> {
+        self.events().take()
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        // Hand an unconsumed batch back, in order, for the next handle.
+        if !self.local.is_empty() {
+            let mut g = self.outbox.inner.lock();
+            while let Some(d) = self.local.pop_back() {
+                g.bytes += d.weight();
+                g.queue.push_front(d);
+            }
+        }
+    }
+}
+
+impl Events {
+    /// Events the broker raised since the last call.
+    pub fn take(&self) -> Vec<SessionEvent> {
         std::mem::take(&mut *self.outbox.events.lock())
     }
 
-    /// Resolves when an event is waiting (see [`Deliveries::take_events`]).
-    /// Cancel-safe.
-    pub async fn event_ready(&self) {
+    /// Resolves when an event is waiting. Cancel-safe.
+    pub async fn ready(&self) {
         loop {
             if !self.outbox.events.lock().is_empty() {
                 return;
             }
-            self.outbox.notify.notified().await;
+            self.outbox.event_notify.notified().await;
         }
     }
 }

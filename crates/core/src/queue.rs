@@ -310,6 +310,9 @@ pub(crate) struct State {
     deleted: bool,
     had_consumer: bool,
     last_used: u64,
+    /// Every consumer that could take more has a full outbox, and this
+    /// queue is registered to be woken by them: enqueue need not try again.
+    stalled: bool,
     stats: QueueStats,
 }
 
@@ -382,6 +385,7 @@ impl Queue {
                 next_seq: 1,
                 deleted: false,
                 had_consumer: false,
+                stalled: false,
                 last_used: now_millis(),
                 stats: QueueStats::default(),
             }),
@@ -469,10 +473,21 @@ impl Queue {
             deliveries: 0,
             expires_at,
         };
+        st.stats.enqueued += 1;
+        // Fast path: nothing is waiting and a consumer can take it now.
+        let entry = if st.ready.len == 0 {
+            match self.deliver_now(st, entry, fx) {
+                None => return Enqueued::Accepted,
+                Some(e) => e,
+            }
+        } else {
+            entry
+        };
         let level = st.ready.level_of(msg);
         st.ready.push_back(entry);
-        st.stats.enqueued += 1;
-        self.dispatch(st, fx);
+        if !st.stalled {
+            self.dispatch(st, fx);
+        }
         if self.over_limit(st) {
             match self.options.overflow {
                 Overflow::RejectPublish | Overflow::RejectPublishDlx => {
@@ -504,6 +519,57 @@ impl Queue {
         Enqueued::Accepted
     }
 
+    /// Offers one entry to the next consumer with credit (the same choice
+    /// `dispatch` would make). Returns it when nobody could take it.
+    fn deliver_now(
+        self: &Arc<Self>,
+        st: &mut State,
+        mut entry: Entry,
+        fx: &mut Effects,
+    ) -> Option<Entry> {
+        let n = st.consumers.len();
+        let idx = if self.options.single_active_consumer {
+            st.consumers
+                .iter()
+                .position(|c| !c.passive)
+                .filter(|&i| st.consumers.get(i).is_some_and(Slot::has_credit))
+        } else {
+            (0..n)
+                .map(|i| (st.cursor + i) % n)
+                .find(|&i| st.consumers.get(i).is_some_and(Slot::has_credit))
+        };
+        let Some(idx) = idx else { return Some(entry) };
+        let Some(slot) = st.consumers.get_mut(idx) else {
+            return Some(entry);
+        };
+        let tag = st.next_tag;
+        entry.deliveries += 1;
+        let delivery = Delivery {
+            consumer: slot.id,
+            tag: DeliveryTag(tag),
+            message: entry.msg.clone(),
+            redelivered: entry.deliveries > 1,
+            delivery_count: entry.deliveries,
+        };
+        match slot.outbox.offer(delivery, self) {
+            Offer::Sent => {
+                st.next_tag += 1;
+                st.stats.delivered += 1;
+                if slot.manual_ack {
+                    slot.unacked.insert(tag, entry);
+                } else if self.keeps_on_disk(&entry.msg) {
+                    fx.removed.push((self.id, entry.msg));
+                }
+                st.cursor = (idx + 1) % n;
+                None
+            }
+            Offer::Full | Offer::Closed => {
+                entry.deliveries -= 1;
+                Some(entry)
+            }
+        }
+    }
+
     /// Pushes ready messages to consumers with credit, round-robin, until
     /// the queue is empty or no consumer can take more.
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State, fx: &mut Effects) {
@@ -532,7 +598,12 @@ impl Queue {
                     .map(|i| (st.cursor + i) % n)
                     .find(|&i| ready(i, &blocked)),
             };
-            let Some(idx) = pick else { break };
+            let Some(idx) = pick else {
+                // Nobody can take more: if that is because of full outboxes
+                // (not exhausted credit), they will wake this queue.
+                st.stalled = blocked.iter().any(|&b| b);
+                break;
+            };
             let Some(mut entry) = st.ready.pop_front() else {
                 break;
             };
@@ -586,6 +657,7 @@ impl Queue {
         let mut fx = Effects::default();
         {
             let mut st = self.lock();
+            st.stalled = false;
             self.dispatch(&mut st, &mut fx);
         }
         self.apply(fx);
@@ -623,6 +695,7 @@ impl Queue {
             st.had_consumer = true;
         }
         st.last_used = now_millis();
+        st.stalled = false;
         st.consumers.push(Slot {
             id: spec.id,
             session: spec.session,
@@ -648,6 +721,7 @@ impl Queue {
             return false;
         };
         let slot = st.consumers.remove(pos);
+        st.stalled = false;
         if st.cursor > pos {
             st.cursor -= 1;
         }

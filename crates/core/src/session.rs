@@ -156,7 +156,6 @@ pub struct Session {
     conn: ConnId,
     protocol: &'static str,
     outbox: Arc<Outbox>,
-    deliveries: Deliveries,
     consumers: HashMap<ConsumerId, ConsumerEntry>,
     /// Passive consumer slots used for `get`, one per queue.
     getters: HashMap<Str, ConsumerId>,
@@ -167,7 +166,7 @@ impl Broker {
     /// Opens a session for a connection speaking `protocol`.
     pub fn session(&self, protocol: &'static str, conn: ConnId) -> Session {
         let limits = &self.config().limits;
-        let (outbox, deliveries) = Outbox::new(
+        let outbox = Outbox::new(
             limits.connection_buffer,
             limits.connection_buffer_bytes.as_usize(),
         );
@@ -176,7 +175,6 @@ impl Broker {
             conn,
             protocol,
             outbox,
-            deliveries,
             consumers: HashMap::new(),
             getters: HashMap::new(),
             owned: Vec::new(),
@@ -201,9 +199,10 @@ impl Session {
         }
     }
 
-    /// The stream of deliveries for every consumer of this session.
+    /// The stream of deliveries for every consumer of this session. A
+    /// connection's driver takes one handle and keeps it.
     pub fn deliveries(&self) -> Deliveries {
-        self.deliveries.clone()
+        Outbox::receiver(&self.outbox)
     }
 
     /// Publishes, stamping this session as the origin.
@@ -603,5 +602,6 @@ impl Drop for Session {
         for q in std::mem::take(&mut self.owned) {
             self.broker.shared.delete_queue(&q);
         }
+        self.outbox.close();
     }
 }

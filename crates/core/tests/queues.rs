@@ -47,7 +47,7 @@ fn to_topic(a: &str, body: &str) -> Message {
     )
 }
 
-fn drain(d: &Deliveries) -> Vec<Delivery> {
+fn drain(mut d: Deliveries) -> Vec<Delivery> {
     std::iter::from_fn(|| d.try_recv()).collect()
 }
 
@@ -80,7 +80,7 @@ fn competing_consumers_get_disjoint_sets_covering_everything() {
     }
     let got: Vec<Vec<String>> = [&c1, &c2, &c3]
         .iter()
-        .map(|s| bodies(&drain(&s.deliveries())))
+        .map(|s| bodies(&drain(s.deliveries())))
         .collect();
     let mut all = BTreeSet::new();
     for set in &got {
@@ -111,11 +111,11 @@ fn prefetch_one_gives_fair_dispatch_to_slow_and_fast_consumers() {
     }
     // The slow consumer takes one and sits on it; the fast one acks each as
     // it arrives and so receives everything else.
-    let slow_first = drain(&slow.deliveries());
+    let slow_first = drain(slow.deliveries());
     assert_eq!(slow_first.len(), 1);
     let mut fast_count = 0;
     loop {
-        let ds = drain(&fast.deliveries());
+        let ds = drain(fast.deliveries());
         if ds.is_empty() {
             break;
         }
@@ -126,7 +126,7 @@ fn prefetch_one_gives_fair_dispatch_to_slow_and_fast_consumers() {
     }
     assert_eq!(fast_count, 19);
     assert!(
-        drain(&slow.deliveries()).is_empty(),
+        drain(slow.deliveries()).is_empty(),
         "slow consumer is at its prefetch"
     );
     slow.ack(slow_id, slow_first[0].tag, false).unwrap();
@@ -150,19 +150,19 @@ fn nack_requeue_redelivers_in_place_with_flag_and_count() {
     for m in ["a", "b", "c"] {
         s.publish(to_queue("q", m)).unwrap();
     }
-    let first = drain(&s.deliveries());
+    let first = drain(s.deliveries());
     assert_eq!(bodies(&first), ["a", "b"]);
     assert!(!first[0].redelivered);
     assert_eq!(first[0].delivery_count, 1);
     // Requeue "a": it goes back ahead of "c" (its original place).
     s.nack(c, first[0].tag, false, true).unwrap();
-    let again = drain(&s.deliveries());
+    let again = drain(s.deliveries());
     assert_eq!(bodies(&again), ["a"]);
     assert!(again[0].redelivered);
     assert_eq!(again[0].delivery_count, 2);
     s.ack(c, again[0].tag, false).unwrap();
     s.ack(c, first[1].tag, false).unwrap();
-    let last = drain(&s.deliveries());
+    let last = drain(s.deliveries());
     assert_eq!(bodies(&last), ["c"]);
     assert!(!last[0].redelivered);
 }
@@ -176,12 +176,12 @@ fn cancel_returns_unacked_messages_in_order() {
     for m in ["1", "2", "3"] {
         s.publish(to_queue("q", m)).unwrap();
     }
-    assert_eq!(drain(&s.deliveries()).len(), 3);
+    assert_eq!(drain(s.deliveries()).len(), 3);
     s.cancel(c).unwrap();
     assert_eq!(b.queue_info("q").unwrap().messages, 3);
     let mut s2 = session(&b);
     s2.consume("q", MANUAL).unwrap();
-    let ds = drain(&s2.deliveries());
+    let ds = drain(s2.deliveries());
     assert_eq!(bodies(&ds), ["1", "2", "3"]);
     assert!(ds.iter().all(|d| d.redelivered));
 }
@@ -195,7 +195,7 @@ fn ack_multiple_and_unknown_tags() {
     for m in ["1", "2", "3"] {
         s.publish(to_queue("q", m)).unwrap();
     }
-    let ds = drain(&s.deliveries());
+    let ds = drain(s.deliveries());
     assert_eq!(s.ack(c, ds[1].tag, true).unwrap(), 2);
     assert_eq!(
         s.ack(c, ds[0].tag, false),
@@ -234,7 +234,7 @@ fn priority_queue_delivers_highest_first_fifo_within_level() {
     }
     s.consume("p", ConsumeOptions::default()).unwrap();
     assert_eq!(
-        bodies(&drain(&s.deliveries())),
+        bodies(&drain(s.deliveries())),
         ["high1", "high2", "mid", "low1", "low2", "none"]
     );
 }
@@ -273,7 +273,7 @@ async fn ttl_expiry_dead_letters_with_x_death() {
     s.publish(m).unwrap();
 
     let c = s.consume("dlq", MANUAL).unwrap();
-    let d = s.deliveries();
+    let mut d = s.deliveries();
     let mut got = Vec::new();
     while got.len() < 2 {
         got.push(
@@ -324,7 +324,7 @@ fn expired_message_is_not_delivered_to_a_consumer() {
     s.publish(to_queue("q", "fresh")).unwrap();
     let mut c = session(&b);
     c.consume("q", ConsumeOptions::default()).unwrap();
-    assert_eq!(bodies(&drain(&c.deliveries())), ["fresh"]);
+    assert_eq!(bodies(&drain(c.deliveries())), ["fresh"]);
     assert_eq!(b.queue_info("dlq").unwrap().messages, 1);
 }
 
@@ -344,17 +344,17 @@ fn max_deliveries_dead_letters_instead_of_requeueing() {
     let c = s.consume("q", MANUAL).unwrap();
     s.publish(to_queue("q", "poison")).unwrap();
     for attempt in 1..=3 {
-        let ds = drain(&s.deliveries());
+        let ds = drain(s.deliveries());
         assert_eq!(ds.len(), 1, "attempt {attempt}");
         assert_eq!(ds[0].delivery_count, attempt);
         s.nack(c, ds[0].tag, false, true).unwrap();
     }
-    assert!(drain(&s.deliveries()).is_empty());
+    assert!(drain(s.deliveries()).is_empty());
     let info = b.queue_info("dlq").unwrap();
     assert_eq!(info.messages, 1);
     let mut d = session(&b);
     d.consume("dlq", ConsumeOptions::default()).unwrap();
-    let dead = drain(&d.deliveries());
+    let dead = drain(d.deliveries());
     assert_eq!(
         dead[0]
             .message
@@ -373,7 +373,7 @@ fn reject_without_requeue_dead_letters() {
     declare(&mut s, "q", dlx_options(QueueOptions::default()));
     let c = s.consume("q", MANUAL).unwrap();
     s.publish(to_queue("q", "bad")).unwrap();
-    let ds = drain(&s.deliveries());
+    let ds = drain(s.deliveries());
     s.nack(c, ds[0].tag, false, false).unwrap();
     assert_eq!(b.queue_info("dlq").unwrap().messages, 1);
     assert_eq!(b.queue_info("q").unwrap().messages, 0);
@@ -398,10 +398,10 @@ fn max_length_drop_head_dead_letters_the_oldest() {
     }
     let mut c = session(&b);
     c.consume("q", ConsumeOptions::default()).unwrap();
-    assert_eq!(bodies(&drain(&c.deliveries())), ["3", "4"]);
+    assert_eq!(bodies(&drain(c.deliveries())), ["3", "4"]);
     let mut d = session(&b);
     d.consume("dlq", ConsumeOptions::default()).unwrap();
-    let dead = drain(&d.deliveries());
+    let dead = drain(d.deliveries());
     assert_eq!(bodies(&dead), ["1", "2"]);
     assert_eq!(
         dead[0]
@@ -433,7 +433,7 @@ fn max_length_reject_publish_refuses_new_messages() {
     assert!(!p.is_unroutable());
     let mut c = session(&b);
     c.consume("q", ConsumeOptions::default()).unwrap();
-    assert_eq!(bodies(&drain(&c.deliveries())), ["1", "2"]);
+    assert_eq!(bodies(&drain(c.deliveries())), ["1", "2"]);
     // With room again, publishing works.
     assert_eq!(s.publish(to_queue("q", "4")).unwrap().routed, 1);
 }
@@ -464,7 +464,7 @@ fn transaction_commit_applies_publishes_and_acks_together() {
     declare(&mut s, "out", QueueOptions::default());
     let c = s.consume("in", MANUAL).unwrap();
     s.publish(to_queue("in", "job")).unwrap();
-    let job = drain(&s.deliveries()).remove(0);
+    let job = drain(s.deliveries()).remove(0);
 
     let mut tx = Transaction::new();
     tx.publish(to_queue("out", "result-1"));
@@ -488,7 +488,7 @@ fn transaction_rollback_discards_everything() {
     declare(&mut s, "out", QueueOptions::default());
     let c = s.consume("in", MANUAL).unwrap();
     s.publish(to_queue("in", "job")).unwrap();
-    let job = drain(&s.deliveries()).remove(0);
+    let job = drain(s.deliveries()).remove(0);
     let mut tx = Transaction::new();
     tx.publish(to_queue("out", "result"));
     tx.ack(c, job.tag, false);
@@ -533,9 +533,9 @@ fn multicast_fanout_shares_one_message_allocation() {
         ))
         .unwrap();
     assert_eq!(published.routed, 100);
-    let first = drain(&subs[0].deliveries()).remove(0);
+    let first = drain(subs[0].deliveries()).remove(0);
     for s in &subs[1..] {
-        let d = drain(&s.deliveries()).remove(0);
+        let d = drain(s.deliveries()).remove(0);
         assert!(std::sync::Arc::ptr_eq(&d.message, &first.message));
         assert_eq!(d.message.body.as_ptr(), body.as_ptr(), "body not copied");
     }
@@ -577,10 +577,10 @@ fn no_local_skips_own_messages() {
         .subscribe(Subscribe::temporary(AddressFilter::new("chat").unwrap()))
         .unwrap();
     s.publish(to_topic("chat", "mine")).unwrap();
-    assert!(drain(&s.deliveries()).is_empty());
-    assert_eq!(drain(&other.deliveries()).len(), 1);
+    assert!(drain(s.deliveries()).is_empty());
+    assert_eq!(drain(other.deliveries()).len(), 1);
     other.publish(to_topic("chat", "theirs")).unwrap();
-    assert_eq!(bodies(&drain(&s.deliveries())), ["theirs"]);
+    assert_eq!(bodies(&drain(s.deliveries())), ["theirs"]);
 }
 
 #[test]
@@ -607,10 +607,10 @@ fn shared_subscription_splits_between_members() {
             2
         );
     }
-    let a = drain(&m1.deliveries()).len();
-    let c = drain(&m2.deliveries()).len();
+    let a = drain(m1.deliveries()).len();
+    let c = drain(m2.deliveries()).len();
     assert_eq!((a, c), (5, 5));
-    assert_eq!(drain(&solo.deliveries()).len(), 10);
+    assert_eq!(drain(solo.deliveries()).len(), 10);
     drop(m1);
     drop(m2);
     assert_eq!(
@@ -639,7 +639,7 @@ fn durable_subscription_collects_while_away() {
     p.publish(to_topic("alerts.fire", "while-away")).unwrap();
     let mut s = session(&b);
     s.subscribe(sub()).unwrap();
-    assert_eq!(bodies(&drain(&s.deliveries())), ["while-away"]);
+    assert_eq!(bodies(&drain(s.deliveries())), ["while-away"]);
 }
 
 #[test]
@@ -742,7 +742,7 @@ fn deleting_a_queue_cancels_its_consumers() {
         Err(CoreError::PreconditionFailed(_))
     ));
     admin.publish(to_queue("q", "x")).unwrap();
-    drain(&s.deliveries());
+    drain(s.deliveries());
     admin.delete_queue("q", false, false).unwrap();
     assert_eq!(
         s.deliveries().take_events(),
@@ -872,7 +872,7 @@ async fn slow_connection_holds_back_and_resumes_without_loss() {
     }
     // Only the channel's worth went out; the rest waits in the queue.
     assert!(b.queue_info("q").unwrap().messages >= 990);
-    let d = s.deliveries();
+    let mut d = s.deliveries();
     let mut got = Vec::new();
     while got.len() < 1000 {
         let x = tokio::time::timeout(Duration::from_secs(5), d.recv())
@@ -945,11 +945,11 @@ fn single_active_consumer_gets_everything_until_it_leaves() {
     for i in 0..4 {
         s.publish(to_queue("sac", &i.to_string())).unwrap();
     }
-    assert_eq!(drain(&a.deliveries()).len(), 4);
-    assert!(drain(&c.deliveries()).is_empty());
+    assert_eq!(drain(a.deliveries()).len(), 4);
+    assert!(drain(c.deliveries()).is_empty());
     a.cancel(ca).unwrap();
     s.publish(to_queue("sac", "next")).unwrap();
-    assert_eq!(bodies(&drain(&c.deliveries())), ["next"]);
+    assert_eq!(bodies(&drain(c.deliveries())), ["next"]);
 }
 
 #[test]

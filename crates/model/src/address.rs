@@ -67,11 +67,32 @@ pub struct Address(Arc<str>);
 
 impl Address {
     /// Validates `s` as a publish address (see the module docs for the rules).
+    /// One pass over the bytes: this runs for every publish.
     pub fn new(s: &str) -> Result<Self, AddressError> {
-        check_common(s)?;
-        for (index, word) in s.split('.').enumerate() {
-            if word == "*" || word == "#" {
-                return Err(AddressError::Wildcard { index });
+        if s.is_empty() {
+            return Err(AddressError::Empty);
+        }
+        if s.len() > MAX_ADDRESS_LEN {
+            return Err(AddressError::TooLong {
+                len: s.len(),
+                max: MAX_ADDRESS_LEN,
+            });
+        }
+        let b = s.as_bytes();
+        let (mut index, mut start) = (0usize, 0usize);
+        for i in 0..=b.len() {
+            let c = b.get(i).copied();
+            if c == Some(0) {
+                return Err(AddressError::Nul);
+            }
+            if c.is_none() || c == Some(b'.') {
+                match b.get(start..i) {
+                    Some([]) | None => return Err(AddressError::EmptyWord { index }),
+                    Some([b'*' | b'#']) => return Err(AddressError::Wildcard { index }),
+                    Some(_) => {}
+                }
+                index += 1;
+                start = i + 1;
             }
         }
         Ok(Address(Arc::from(s)))

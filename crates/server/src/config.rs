@@ -152,7 +152,14 @@ impl Config {
             })?;
             figment = figment.merge(Toml::string(&text));
         }
-        figment = figment.merge(Env::prefixed("SWITCHYARD_").split("__"));
+        // Every key lives in a section (`SWITCHYARD_LIMITS__MAX_QUEUES`), so
+        // only variables with a `__` are configuration; others that share the
+        // prefix (`SWITCHYARD_BIN` in the test harness) are not.
+        figment = figment.merge(
+            Env::prefixed("SWITCHYARD_")
+                .filter(|k| k.as_str().contains("__"))
+                .split("__"),
+        );
         Config::from_figment(figment)
     }
 

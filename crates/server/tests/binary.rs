@@ -84,6 +84,28 @@ fn serve_binds_env_overridden_listeners_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn environment_variables_without_a_section_are_not_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ok.toml");
+    std::fs::write(&file, "").unwrap();
+    let out = bin()
+        .arg("check-config")
+        .arg(&file)
+        .env("SWITCHYARD_BIN", "/somewhere/switchyard")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .arg("check-config")
+        .arg(&file)
+        .env("SWITCHYARD_LIMITS__MAX_QUEUES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("limits.max_queues"));
+}
+
+#[test]
 fn bind_failure_names_the_listener_and_address() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

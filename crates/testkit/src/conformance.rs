@@ -159,7 +159,7 @@ async fn core_to_client_and_back(broker: &Broker, a: &mut dyn Client) -> Result<
 
     let mut session = broker.session("conformance", ConnId(u64::MAX));
     session.subscribe(Subscribe::temporary(AddressFilter::new("conf.core.out")?))?;
-    let deliveries = session.deliveries();
+    let mut deliveries = session.deliveries();
     let body = Bytes::from_static(b"\x01to the core\xfe");
     a.publish("conf.core.out", body.clone(), &[]).await?;
     let d = tokio::time::timeout(WAIT, deliveries.recv())

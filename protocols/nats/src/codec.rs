@@ -28,28 +28,30 @@
 //! arrives a byte at a time is scanned once. Payloads are sliced out of the
 //! read buffer without copying (`split_to(n).freeze()`).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// One operation a client sent.
+/// One operation a client sent. Arguments borrow the parser's copy of the
+/// control line (valid until the next `parse`); payloads are slices of the
+/// read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientOp {
+pub enum ClientOp<'a> {
     /// `CONNECT` and its JSON options (unparsed).
-    Connect(Bytes),
+    Connect(&'a [u8]),
     /// `PUB` (`header_len == 0`) or `HPUB`. `payload` holds the header block
     /// followed by the body.
     Pub {
-        subject: Bytes,
-        reply: Option<Bytes>,
+        subject: &'a [u8],
+        reply: Option<&'a [u8]>,
         header_len: usize,
         payload: Bytes,
     },
     Sub {
-        subject: Bytes,
-        queue: Option<Bytes>,
-        sid: Bytes,
+        subject: &'a [u8],
+        queue: Option<&'a [u8]>,
+        sid: &'a [u8],
     },
     Unsub {
-        sid: Bytes,
+        sid: &'a [u8],
         max: Option<u64>,
     },
     Ping,
@@ -85,10 +87,29 @@ impl ParseError {
     }
 }
 
+type Span = std::ops::Range<usize>;
+
+/// A parsed control line, as ranges into the parser's line copy.
+#[derive(Debug, Clone)]
+enum Parsed {
+    Connect(Span),
+    Sub {
+        subject: Span,
+        queue: Option<Span>,
+        sid: Span,
+    },
+    Unsub {
+        sid: Span,
+        max: Option<u64>,
+    },
+    Ping,
+    Pong,
+}
+
 #[derive(Debug, Clone)]
 struct PendingPub {
-    subject: Bytes,
-    reply: Option<Bytes>,
+    subject: Span,
+    reply: Option<Span>,
     header_len: usize,
     size: usize,
 }
@@ -101,6 +122,8 @@ pub struct Parser {
     max_payload: usize,
     /// Bytes of the buffer already searched for a newline.
     scanned: usize,
+    /// A copy of the current control line.
+    line: Vec<u8>,
     /// A `PUB`/`HPUB` whose control line is consumed, waiting for its payload.
     pending: Option<PendingPub>,
 }
@@ -109,16 +132,16 @@ fn is_space(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// Splits `line` into whitespace-separated arguments (zero-copy), at most
-/// `N`; returns `None` when there are more.
-fn split_args<const N: usize>(line: &Bytes) -> Option<([Bytes; N], usize)> {
-    let mut out: [Bytes; N] = std::array::from_fn(|_| Bytes::new());
+/// Splits `line[from..]` into at most `N` whitespace-separated arguments;
+/// `None` when there are more.
+fn split_args<const N: usize>(line: &[u8], from: usize) -> Option<([Span; N], usize)> {
+    let mut out: [Span; N] = std::array::from_fn(|_| 0..0);
     let mut n = 0;
     let mut start: Option<usize> = None;
-    for (i, &b) in line.iter().enumerate() {
+    for (i, &b) in line.iter().enumerate().skip(from) {
         if is_space(b) {
             if let Some(s) = start.take() {
-                *out.get_mut(n)? = line.slice(s..i);
+                *out.get_mut(n)? = s..i;
                 n += 1;
             }
         } else if start.is_none() {
@@ -126,7 +149,7 @@ fn split_args<const N: usize>(line: &Bytes) -> Option<([Bytes; N], usize)> {
         }
     }
     if let Some(s) = start {
-        *out.get_mut(n)? = line.slice(s..);
+        *out.get_mut(n)? = s..line.len();
         n += 1;
     }
     Some((out, n))
@@ -146,12 +169,17 @@ fn parse_size(b: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+fn arg<'a>(line: &'a [u8], span: &Span) -> &'a [u8] {
+    line.get(span.clone()).unwrap_or_default()
+}
+
 impl Parser {
     pub fn new(max_control_line: usize, max_payload: usize) -> Self {
         Parser {
             max_control_line,
             max_payload,
             scanned: 0,
+            line: Vec::new(),
             pending: None,
         }
     }
@@ -163,7 +191,7 @@ impl Parser {
 
     /// Parses the next operation from the front of `buf`. `Ok(None)` means
     /// more bytes are needed (the buffer is reserved for a known shortfall).
-    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<ClientOp>, ParseError> {
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<ClientOp<'_>>, ParseError> {
         loop {
             if let Some(p) = &self.pending {
                 let need = p.size + 2;
@@ -176,10 +204,10 @@ impl Parser {
                 if buf.get(..2) != Some(b"\r\n") {
                     return Err(ParseError::BadTerminator);
                 }
-                let _ = buf.split_to(2);
+                buf.advance(2);
                 return Ok(Some(ClientOp::Pub {
-                    subject: p.subject,
-                    reply: p.reply,
+                    subject: arg(&self.line, &p.subject),
+                    reply: p.reply.as_ref().map(|r| arg(&self.line, r)),
                     header_len: p.header_len,
                     payload,
                 }));
@@ -196,97 +224,127 @@ impl Parser {
             };
             let end = from + nl;
             self.scanned = 0;
-            let mut line = buf.split_to(end + 1).freeze();
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(line.len() - 1);
+            let mut len = end;
+            if len > 0 && buf.get(len - 1) == Some(&b'\r') {
+                len -= 1;
             }
-            if line.len() > self.max_control_line {
+            if len > self.max_control_line {
                 return Err(ParseError::MaxControlLine {
                     limit: self.max_control_line,
                 });
             }
-            if let Some(op) = self.control_line(line)? {
-                return Ok(Some(op));
+            self.line.clear();
+            self.line
+                .extend_from_slice(buf.get(..len).unwrap_or_default());
+            buf.advance(end + 1);
+            if self.line.capacity() > 4 * self.max_control_line.max(1024) && self.line.len() < 1024
+            {
+                self.line.shrink_to(1024);
+            }
+            if let Some(parsed) = self.control_line()? {
+                let l = &self.line;
+                return Ok(Some(match parsed {
+                    Parsed::Connect(j) => ClientOp::Connect(arg(l, &j)),
+                    Parsed::Sub {
+                        subject,
+                        queue,
+                        sid,
+                    } => ClientOp::Sub {
+                        subject: arg(l, &subject),
+                        queue: queue.as_ref().map(|q| arg(l, q)),
+                        sid: arg(l, &sid),
+                    },
+                    Parsed::Unsub { sid, max } => ClientOp::Unsub {
+                        sid: arg(l, &sid),
+                        max,
+                    },
+                    Parsed::Ping => ClientOp::Ping,
+                    Parsed::Pong => ClientOp::Pong,
+                }));
             }
         }
     }
 
-    /// Parses one control line. `Ok(None)` when it was a `PUB`/`HPUB` whose
-    /// payload is still to come (it is then pending).
-    fn control_line(&mut self, line: Bytes) -> Result<Option<ClientOp>, ParseError> {
+    /// Parses the control line in `self.line`. `Ok(None)` when it was a
+    /// `PUB`/`HPUB` whose payload is still to come (it is then pending).
+    fn control_line(&mut self) -> Result<Option<Parsed>, ParseError> {
+        let line = &self.line;
         let verb_end = line.iter().position(|&b| is_space(b)).unwrap_or(line.len());
         let verb = line.get(..verb_end).ok_or(ParseError::UnknownOp)?;
-        let rest = line.slice(verb_end..);
-        let upper = |v: &[u8], want: &[u8]| v.eq_ignore_ascii_case(want);
-        if upper(verb, b"PUB") {
-            let (a, n) =
-                split_args::<3>(&rest).ok_or(ParseError::BadArgs("PUB takes 2 or 3 arguments"))?;
-            let [x, y, z] = a;
+        let is = |want: &[u8]| verb.eq_ignore_ascii_case(want);
+        let rest_blank = || {
+            line.get(verb_end..)
+                .is_none_or(|r| r.iter().all(|&b| is_space(b)))
+        };
+        if is(b"PUB") {
+            let ([x, y, z], n) = split_args::<3>(line, verb_end)
+                .ok_or(ParseError::BadArgs("PUB takes 2 or 3 arguments"))?;
             let (subject, reply, size) = match n {
                 2 => (x, None, y),
                 3 => (x, Some(y), z),
                 _ => return Err(ParseError::BadArgs("PUB takes 2 or 3 arguments")),
             };
-            let size = parse_size(&size).ok_or(ParseError::BadArgs("PUB size"))?;
-            self.start_payload(subject, reply, 0, size)
-        } else if upper(verb, b"HPUB") {
-            let (a, n) =
-                split_args::<4>(&rest).ok_or(ParseError::BadArgs("HPUB takes 3 or 4 arguments"))?;
-            let [w, x, y, z] = a;
+            let size = parse_size(arg(line, &size)).ok_or(ParseError::BadArgs("PUB size"))?;
+            self.start_payload(subject, reply, 0, size)?;
+            Ok(None)
+        } else if is(b"HPUB") {
+            let ([w, x, y, z], n) = split_args::<4>(line, verb_end)
+                .ok_or(ParseError::BadArgs("HPUB takes 3 or 4 arguments"))?;
             let (subject, reply, hdr, total) = match n {
                 3 => (w, None, x, y),
                 4 => (w, Some(x), y, z),
                 _ => return Err(ParseError::BadArgs("HPUB takes 3 or 4 arguments")),
             };
-            let hdr = parse_size(&hdr).ok_or(ParseError::BadArgs("HPUB header size"))?;
-            let total = parse_size(&total).ok_or(ParseError::BadArgs("HPUB total size"))?;
+            let hdr = parse_size(arg(line, &hdr)).ok_or(ParseError::BadArgs("HPUB header size"))?;
+            let total =
+                parse_size(arg(line, &total)).ok_or(ParseError::BadArgs("HPUB total size"))?;
             if hdr > total {
                 return Err(ParseError::BadArgs(
                     "HPUB header size larger than total size",
                 ));
             }
             let hdr = usize::try_from(hdr).map_err(|_| ParseError::BadArgs("HPUB header size"))?;
-            self.start_payload(subject, reply, hdr, total)
-        } else if upper(verb, b"SUB") {
-            let (a, n) =
-                split_args::<3>(&rest).ok_or(ParseError::BadArgs("SUB takes 2 or 3 arguments"))?;
-            let [x, y, z] = a;
+            self.start_payload(subject, reply, hdr, total)?;
+            Ok(None)
+        } else if is(b"SUB") {
+            let ([x, y, z], n) = split_args::<3>(line, verb_end)
+                .ok_or(ParseError::BadArgs("SUB takes 2 or 3 arguments"))?;
             Ok(Some(match n {
-                2 => ClientOp::Sub {
+                2 => Parsed::Sub {
                     subject: x,
                     queue: None,
                     sid: y,
                 },
-                3 => ClientOp::Sub {
+                3 => Parsed::Sub {
                     subject: x,
                     queue: Some(y),
                     sid: z,
                 },
                 _ => return Err(ParseError::BadArgs("SUB takes 2 or 3 arguments")),
             }))
-        } else if upper(verb, b"UNSUB") {
-            let (a, n) = split_args::<2>(&rest)
+        } else if is(b"UNSUB") {
+            let ([x, y], n) = split_args::<2>(line, verb_end)
                 .ok_or(ParseError::BadArgs("UNSUB takes 1 or 2 arguments"))?;
-            let [x, y] = a;
             Ok(Some(match n {
-                1 => ClientOp::Unsub { sid: x, max: None },
-                2 => ClientOp::Unsub {
+                1 => Parsed::Unsub { sid: x, max: None },
+                2 => Parsed::Unsub {
                     sid: x,
-                    max: Some(parse_size(&y).ok_or(ParseError::BadArgs("UNSUB max"))?),
+                    max: Some(parse_size(arg(line, &y)).ok_or(ParseError::BadArgs("UNSUB max"))?),
                 },
                 _ => return Err(ParseError::BadArgs("UNSUB takes 1 or 2 arguments")),
             }))
-        } else if upper(verb, b"PING") && rest.iter().all(|&b| is_space(b)) {
-            Ok(Some(ClientOp::Ping))
-        } else if upper(verb, b"PONG") && rest.iter().all(|&b| is_space(b)) {
-            Ok(Some(ClientOp::Pong))
-        } else if upper(verb, b"CONNECT") {
-            let start = rest
+        } else if is(b"PING") && rest_blank() {
+            Ok(Some(Parsed::Ping))
+        } else if is(b"PONG") && rest_blank() {
+            Ok(Some(Parsed::Pong))
+        } else if is(b"CONNECT") {
+            let start = line
                 .iter()
-                .position(|&b| !is_space(b))
-                .unwrap_or(rest.len());
-            Ok(Some(ClientOp::Connect(rest.slice(start..))))
+                .enumerate()
+                .skip(verb_end)
+                .find(|(_, b)| !is_space(**b))
+                .map_or(line.len(), |(i, _)| i);
+            Ok(Some(Parsed::Connect(start..line.len())))
         } else {
             Err(ParseError::UnknownOp)
         }
@@ -294,11 +352,11 @@ impl Parser {
 
     fn start_payload(
         &mut self,
-        subject: Bytes,
-        reply: Option<Bytes>,
+        subject: Span,
+        reply: Option<Span>,
         header_len: usize,
         size: u64,
-    ) -> Result<Option<ClientOp>, ParseError> {
+    ) -> Result<(), ParseError> {
         if size > self.max_payload as u64 {
             return Err(ParseError::MaxPayload {
                 size,
@@ -312,7 +370,7 @@ impl Parser {
             header_len,
             size,
         });
-        Ok(None)
+        Ok(())
     }
 }
 
@@ -376,12 +434,48 @@ pub const OK: &[u8] = b"+OK\r\n";
 mod tests {
     use super::*;
 
-    fn parse_all(input: &[u8]) -> Result<Vec<ClientOp>, ParseError> {
+    /// An owned copy of an op, for comparisons.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Op {
+        Connect(Vec<u8>),
+        Pub(Vec<u8>, Option<Vec<u8>>, usize, Vec<u8>),
+        Sub(Vec<u8>, Option<Vec<u8>>, Vec<u8>),
+        Unsub(Vec<u8>, Option<u64>),
+        Ping,
+        Pong,
+    }
+
+    fn own(op: ClientOp<'_>) -> Op {
+        match op {
+            ClientOp::Connect(j) => Op::Connect(j.to_vec()),
+            ClientOp::Pub {
+                subject,
+                reply,
+                header_len,
+                payload,
+            } => Op::Pub(
+                subject.to_vec(),
+                reply.map(<[u8]>::to_vec),
+                header_len,
+                payload.to_vec(),
+            ),
+            ClientOp::Sub {
+                subject,
+                queue,
+                sid,
+            } => Op::Sub(subject.to_vec(), queue.map(<[u8]>::to_vec), sid.to_vec()),
+            ClientOp::Unsub { sid, max } => Op::Unsub(sid.to_vec(), max),
+            ClientOp::Ping => Op::Ping,
+            ClientOp::Pong => Op::Pong,
+        }
+    }
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Op>, ParseError> {
         let mut p = Parser::new(4096, 1024 * 1024);
         let mut buf = BytesMut::from(input);
         let mut ops = Vec::new();
         while let Some(op) = p.parse(&mut buf)? {
-            ops.push(op);
+            ops.push(own(op));
         }
         Ok(ops)
     }
@@ -393,43 +487,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ops.len(), 10);
+        assert_eq!(ops[0], Op::Connect(b"{\"verbose\":false}".to_vec()));
+        assert_eq!(ops[1], Op::Pub(b"a.b".to_vec(), None, 0, b"hello".to_vec()));
         assert_eq!(
-            ops[0],
-            ClientOp::Connect(Bytes::from_static(b"{\"verbose\":false}"))
-        );
-        assert_eq!(
-            ops[1],
-            ClientOp::Pub {
-                subject: Bytes::from_static(b"a.b"),
-                reply: None,
-                header_len: 0,
-                payload: Bytes::from_static(b"hello")
-            }
-        );
-        assert!(
-            matches!(&ops[2], ClientOp::Pub { reply: Some(r), payload, .. } if &r[..] == b"r.1" && payload.is_empty())
-        );
-        assert!(
-            matches!(&ops[3], ClientOp::Pub { header_len: 12, payload, .. } if &payload[..] == b"NATS/1.0\r\n\r\nhi")
-        );
-        assert!(
-            matches!(&ops[5], ClientOp::Sub { queue: Some(q), sid, .. } if &q[..] == b"q" && &sid[..] == b"2")
+            ops[2],
+            Op::Pub(b"a.b".to_vec(), Some(b"r.1".to_vec()), 0, vec![])
         );
         assert_eq!(
-            ops[7],
-            ClientOp::Unsub {
-                sid: Bytes::from_static(b"2"),
-                max: Some(10)
-            }
+            ops[3],
+            Op::Pub(b"x".to_vec(), None, 12, b"NATS/1.0\r\n\r\nhi".to_vec())
         );
-        assert_eq!(ops[8], ClientOp::Ping);
-        assert_eq!(ops[9], ClientOp::Pong);
+        assert_eq!(
+            ops[5],
+            Op::Sub(b"a.>".to_vec(), Some(b"q".to_vec()), b"2".to_vec())
+        );
+        assert_eq!(ops[7], Op::Unsub(b"2".to_vec(), Some(10)));
+        assert_eq!(ops[8], Op::Ping);
+        assert_eq!(ops[9], Op::Pong);
     }
 
     #[test]
     fn tabs_and_extra_spaces_separate_arguments() {
         let ops = parse_all(b"PUB \t a.b \t 2\r\nhi\r\n").unwrap();
-        assert!(matches!(&ops[0], ClientOp::Pub { subject, .. } if &subject[..] == b"a.b"));
+        assert_eq!(ops[0], Op::Pub(b"a.b".to_vec(), None, 0, b"hi".to_vec()));
     }
 
     #[test]

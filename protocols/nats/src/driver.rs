@@ -5,6 +5,10 @@
 //! PING timer, the CONNECT deadline, then reading. Reading is done only
 //! between writes, so a client that does not read its socket is cut off by
 //! the write deadline instead of growing memory.
+//!
+//! The state is split in two so a parsed operation (which borrows the
+//! parser's copy of the control line) can be handled by `&mut State`:
+//! [`Reader`] (read buffer + parser) and [`State`] (everything else).
 
 use crate::NatsConfig;
 use crate::codec::{self, ClientOp, Parser};
@@ -15,12 +19,12 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter};
+use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter, Stream};
 use switchyard_core::{
-    Broker, ConsumeOptions, CoreError, Delivery, Overflow, QueueOptions, Session, SessionEvent,
-    Subscribe, SubscriptionKind,
+    Broker, ConsumeOptions, CoreError, Deliveries, Delivery, Events, Overflow, QueueOptions,
+    Session, SessionEvent, Subscribe, SubscriptionKind, WakeBatch,
 };
-use switchyard_model::{AddressFilter, ConsumerId, Headers, Message, Properties};
+use switchyard_model::{Address, AddressFilter, ConsumerId, Headers, Message, Properties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The NATS protocol adapter.
@@ -72,24 +76,32 @@ impl ProtocolAdapter for NatsAdapter {
             .min(limits.max_message_size.as_usize());
         let session = broker.session("nats", conn.id);
         let deliveries = session.deliveries();
-        let mut c = Conn {
-            deliveries,
+        let mut st = State {
             adapter: self,
             session,
-            parser: Parser::new(self.config.max_control_line.as_usize(), max_payload),
-            rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             scratch: BytesMut::new(),
             subs: HashMap::new(),
             sids: HashMap::new(),
+            addresses: HashMap::new(),
             opts: ConnectOptions::default(),
             connected: false,
             pings_out: 0,
             expired: Vec::new(),
         };
-        let info = c.info_json(&conn, max_payload);
-        codec::encode_info(&mut c.wbuf, info.as_bytes());
-        c.run(conn, limits.handshake_timeout.get()).await
+        let info = st.info_json(&conn, max_payload);
+        codec::encode_info(&mut st.wbuf, info.as_bytes());
+        let reader = Reader {
+            parser: Parser::new(self.config.max_control_line.as_usize(), max_payload),
+            rbuf: BytesMut::new(),
+        };
+        Conn {
+            reader,
+            st,
+            deliveries,
+        }
+        .run(conn, limits.handshake_timeout.get())
+        .await
     }
 }
 
@@ -138,7 +150,7 @@ fn authenticate(_opts: &ConnectOptions) -> Result<(), &'static str> {
 
 #[derive(Debug)]
 struct Sub {
-    sid: Bytes,
+    sid: Box<[u8]>,
     filter: AddressFilter,
     max: Option<u64>,
     delivered: u64,
@@ -153,29 +165,156 @@ enum Flow {
     Eof,
 }
 
-struct Conn<'a> {
-    adapter: &'a NatsAdapter,
-    session: Session,
+/// The read side: buffer and parser.
+struct Reader {
     parser: Parser,
     rbuf: BytesMut,
+}
+
+/// Everything else a connection holds.
+struct State<'a> {
+    adapter: &'a NatsAdapter,
+    session: Session,
     wbuf: BytesMut,
     scratch: BytesMut,
     subs: HashMap<ConsumerId, Sub>,
-    sids: HashMap<Bytes, ConsumerId>,
+    sids: HashMap<Box<[u8]>, ConsumerId>,
+    /// Recently published subjects, already validated (most publishers use
+    /// a few subjects over and over).
+    addresses: HashMap<Box<[u8]>, Address>,
     opts: ConnectOptions,
     connected: bool,
     pings_out: u32,
     /// Subscriptions that reached their `UNSUB` max during this turn.
     expired: Vec<ConsumerId>,
-    deliveries: switchyard_core::Deliveries,
+}
+
+struct Conn<'a> {
+    reader: Reader,
+    st: State<'a>,
+    deliveries: Deliveries,
 }
 
 /// Largest read buffer kept while idle; bigger ones are released.
 const IDLE_BUFFER: usize = 16 * 1024;
 /// Coalesce at most this many bytes of deliveries into one write.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Most subjects remembered per connection.
+const ADDRESS_CACHE: usize = 256;
 
 impl Conn<'_> {
+    async fn run(mut self, conn: Connection, handshake: Duration) -> Result<(), AdapterError> {
+        let Connection {
+            mut stream,
+            shutdown,
+            ..
+        } = conn;
+        let events = self.deliveries.events();
+        let period = self
+            .st
+            .cfg()
+            .ping_interval
+            .get()
+            .max(Duration::from_millis(10));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let connect_deadline = tokio::time::sleep(handshake);
+        tokio::pin!(connect_deadline);
+        let write_deadline = self.st.cfg().write_deadline.get();
+
+        self.st.flush(&mut stream, write_deadline).await?;
+        loop {
+            let flow = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // Clients reconnect on their own; nats-server simply closes.
+                    let _ = self.st.flush(&mut stream, Duration::from_millis(200)).await;
+                    return Ok(());
+                }
+                Some(d) = self.deliveries.recv() => {
+                    self.st.deliver(d);
+                    drain_ready(&mut self.st, &mut self.deliveries);
+                    Flow::Continue
+                }
+                () = events.ready() => self.st.on_events(&events),
+                _ = ping.tick() => {
+                    if self.st.pings_out >= self.st.cfg().max_pings_out {
+                        codec::encode_err(&mut self.st.wbuf, "Stale Connection");
+                        Flow::Close(AdapterError::Timeout("stale connection"))
+                    } else {
+                        self.st.pings_out += 1;
+                        self.st.wbuf.extend_from_slice(codec::PING);
+                        Flow::Continue
+                    }
+                }
+                () = &mut connect_deadline, if !self.st.connected => {
+                    codec::encode_err(&mut self.st.wbuf, "Authentication Timeout");
+                    Flow::Close(AdapterError::Timeout("no CONNECT"))
+                }
+                r = read_some(&mut stream, &mut self.reader.rbuf) => match r {
+                    Ok(0) => Flow::Eof,
+                    Ok(_) => self.on_read(),
+                    Err(e) => Flow::Close(AdapterError::Io(e)),
+                },
+            };
+            match flow {
+                Flow::Continue => self.st.flush(&mut stream, write_deadline).await?,
+                Flow::Eof => return Ok(()),
+                Flow::Close(e) => {
+                    let _ = self.st.flush(&mut stream, Duration::from_millis(500)).await;
+                    let _ = stream.shutdown().await;
+                    return Err(e);
+                }
+            }
+            let rbuf = &mut self.reader.rbuf;
+            if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+                *rbuf = BytesMut::new();
+            }
+        }
+    }
+
+    /// Handles every complete operation in the read buffer. Wake-ups of
+    /// receiving connections are deferred to the end of the buffer, so each
+    /// is woken once per read rather than once per message.
+    fn on_read(&mut self) -> Flow {
+        let _batch = WakeBatch::new();
+        loop {
+            match self.reader.parser.parse(&mut self.reader.rbuf) {
+                Ok(Some(ClientOp::Ping)) => {
+                    // Messages this connection's own publishes produced for
+                    // its own subscriptions are already waiting: write them
+                    // before the PONG, as nats-server does, so a PING/PONG
+                    // round trip is a barrier for them too.
+                    drain_ready(&mut self.st, &mut self.deliveries);
+                    self.st.wbuf.extend_from_slice(codec::PONG);
+                }
+                Ok(Some(op)) => {
+                    if let Flow::Close(e) = self.st.on_op(op) {
+                        return Flow::Close(e);
+                    }
+                }
+                Ok(None) => return Flow::Continue,
+                Err(e) => {
+                    codec::encode_err(&mut self.st.wbuf, e.err_text());
+                    return Flow::Close(AdapterError::Protocol(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Encodes every delivery that is ready now (up to one write's worth).
+fn drain_ready(st: &mut State<'_>, deliveries: &mut Deliveries) {
+    while st.wbuf.len() < WRITE_BATCH {
+        match deliveries.try_recv() {
+            Some(d) => st.deliver(d),
+            None => break,
+        }
+    }
+    st.cancel_expired();
+}
+
+impl State<'_> {
     fn cfg(&self) -> &NatsConfig {
         &self.adapter.config
     }
@@ -201,77 +340,9 @@ impl Conn<'_> {
         .to_string()
     }
 
-    async fn run(mut self, conn: Connection, handshake: Duration) -> Result<(), AdapterError> {
-        let Connection {
-            mut stream,
-            shutdown,
-            ..
-        } = conn;
-        let deliveries = self.deliveries.clone();
-        let period = self
-            .cfg()
-            .ping_interval
-            .get()
-            .max(Duration::from_millis(10));
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let connect_deadline = tokio::time::sleep(handshake);
-        tokio::pin!(connect_deadline);
-        let write_deadline = self.cfg().write_deadline.get();
-
-        self.flush(&mut stream, write_deadline).await?;
-        loop {
-            let flow = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => {
-                    // Clients reconnect on their own; nats-server simply closes.
-                    let _ = self.flush(&mut stream, Duration::from_millis(200)).await;
-                    return Ok(());
-                }
-                Some(d) = deliveries.recv() => {
-                    self.deliver(d);
-                    self.drain_ready();
-                    Flow::Continue
-                }
-                () = deliveries.event_ready() => self.on_events(&deliveries),
-                _ = ping.tick() => {
-                    if self.pings_out >= self.cfg().max_pings_out {
-                        codec::encode_err(&mut self.wbuf, "Stale Connection");
-                        Flow::Close(AdapterError::Timeout("stale connection"))
-                    } else {
-                        self.pings_out += 1;
-                        self.wbuf.extend_from_slice(codec::PING);
-                        Flow::Continue
-                    }
-                }
-                () = &mut connect_deadline, if !self.connected => {
-                    codec::encode_err(&mut self.wbuf, "Authentication Timeout");
-                    Flow::Close(AdapterError::Timeout("no CONNECT"))
-                }
-                r = read_some(&mut stream, &mut self.rbuf) => match r {
-                    Ok(0) => Flow::Eof,
-                    Ok(_) => self.on_read(),
-                    Err(e) => Flow::Close(AdapterError::Io(e)),
-                },
-            };
-            match flow {
-                Flow::Continue => self.flush(&mut stream, write_deadline).await?,
-                Flow::Eof => return Ok(()),
-                Flow::Close(e) => {
-                    let _ = self.flush(&mut stream, Duration::from_millis(500)).await;
-                    let _ = stream.shutdown().await;
-                    return Err(e);
-                }
-            }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > IDLE_BUFFER {
-                self.rbuf = BytesMut::new();
-            }
-        }
-    }
-
     async fn flush(
         &mut self,
-        stream: &mut Box<dyn switchyard_core::spi::Stream>,
+        stream: &mut Box<dyn Stream>,
         deadline: Duration,
     ) -> Result<(), AdapterError> {
         if self.wbuf.is_empty() {
@@ -297,8 +368,8 @@ impl Conn<'_> {
         Ok(())
     }
 
-    fn on_events(&mut self, deliveries: &switchyard_core::Deliveries) -> Flow {
-        for event in deliveries.take_events() {
+    fn on_events(&mut self, events: &Events) -> Flow {
+        for event in events.take() {
             match event {
                 SessionEvent::Overflowed(_) => {
                     tracing::info!("slow consumer: pending limit exceeded");
@@ -315,23 +386,6 @@ impl Conn<'_> {
         Flow::Continue
     }
 
-    fn on_read(&mut self) -> Flow {
-        loop {
-            match self.parser.parse(&mut self.rbuf) {
-                Ok(Some(op)) => {
-                    if let Flow::Close(e) = self.on_op(op) {
-                        return Flow::Close(e);
-                    }
-                }
-                Ok(None) => return Flow::Continue,
-                Err(e) => {
-                    codec::encode_err(&mut self.wbuf, e.err_text());
-                    return Flow::Close(AdapterError::Protocol(e.to_string()));
-                }
-            }
-        }
-    }
-
     fn ok(&mut self) {
         if self.opts.verbose {
             self.wbuf.extend_from_slice(codec::OK);
@@ -343,14 +397,9 @@ impl Conn<'_> {
         Flow::Close(AdapterError::Protocol(err.to_owned()))
     }
 
-    fn on_op(&mut self, op: ClientOp) -> Flow {
+    fn on_op(&mut self, op: ClientOp<'_>) -> Flow {
         match op {
             ClientOp::Ping => {
-                // Messages this connection's own publishes produced for its
-                // own subscriptions are already waiting: write them before
-                // the PONG, as nats-server does, so a PING/PONG round trip
-                // is a barrier for them too.
-                self.drain_ready();
                 self.wbuf.extend_from_slice(codec::PONG);
                 Flow::Continue
             }
@@ -358,20 +407,20 @@ impl Conn<'_> {
                 self.pings_out = 0;
                 Flow::Continue
             }
-            ClientOp::Connect(json) => self.on_connect(&json),
+            ClientOp::Connect(json) => self.on_connect(json),
             ClientOp::Pub {
                 subject,
                 reply,
                 header_len,
                 payload,
-            } => self.on_pub(&subject, reply, header_len, payload),
+            } => self.on_pub(subject, reply, header_len, payload),
             ClientOp::Sub {
                 subject,
                 queue,
                 sid,
-            } => self.on_sub(&subject, queue, sid),
+            } => self.on_sub(subject, queue, sid),
             ClientOp::Unsub { sid, max } => {
-                if let Some(&id) = self.sids.get(&sid) {
+                if let Some(&id) = self.sids.get(sid) {
                     let done = match (max, self.subs.get_mut(&id)) {
                         (Some(m), Some(sub)) => {
                             sub.max = Some(m);
@@ -413,24 +462,34 @@ impl Conn<'_> {
         Flow::Continue
     }
 
+    /// The address for a publish subject, from the connection's cache.
+    fn address(&mut self, subject: &[u8]) -> Option<Address> {
+        if let Some(a) = self.addresses.get(subject) {
+            return Some(a.clone());
+        }
+        let a = mapping::subject_to_address(subject).ok()?;
+        if self.addresses.len() >= ADDRESS_CACHE {
+            self.addresses.clear();
+        }
+        self.addresses.insert(subject.into(), a.clone());
+        Some(a)
+    }
+
     fn on_pub(
         &mut self,
-        subject: &Bytes,
-        reply: Option<Bytes>,
+        subject: &[u8],
+        reply: Option<&[u8]>,
         header_len: usize,
         payload: Bytes,
     ) -> Flow {
-        let address = match mapping::subject_to_address(subject) {
-            Ok(a) => a,
-            Err(_) => {
-                if self.opts.pedantic {
-                    codec::encode_err(&mut self.wbuf, "Invalid Publish Subject");
-                }
-                return Flow::Continue;
+        let Some(address) = self.address(subject) else {
+            if self.opts.pedantic {
+                codec::encode_err(&mut self.wbuf, "Invalid Publish Subject");
             }
+            return Flow::Continue;
         };
         let reply_to = match reply {
-            Some(r) => match std::str::from_utf8(&r) {
+            Some(r) => match std::str::from_utf8(r) {
                 Ok(s) if mapping::is_wire_subject(s) => Some(Arc::<str>::from(s)),
                 _ => {
                     if self.opts.pedantic {
@@ -485,16 +544,11 @@ impl Conn<'_> {
     /// Tells the requester nobody is listening: a 503 status message on the
     /// requester's own subscription that matches the reply subject.
     fn no_responders(&mut self, reply: &str) {
-        let sid = self
-            .subs
-            .values()
-            .find(|s| s.filter.matches(reply))
-            .map(|s| s.sid.clone());
-        if let Some(sid) = sid {
+        if let Some(sub) = self.subs.values().find(|s| s.filter.matches(reply)) {
             codec::encode_msg(
                 &mut self.wbuf,
                 reply.as_bytes(),
-                &sid,
+                &sub.sid,
                 None,
                 mapping::NO_RESPONDERS,
                 b"",
@@ -502,16 +556,16 @@ impl Conn<'_> {
         }
     }
 
-    fn on_sub(&mut self, subject: &Bytes, queue: Option<Bytes>, sid: Bytes) -> Flow {
+    fn on_sub(&mut self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) -> Flow {
         let Ok(filter) = mapping::subject_to_filter(subject) else {
             return self.close_with("Invalid Subject");
         };
-        if self.sids.contains_key(&sid) {
+        if self.sids.contains_key(sid) {
             // nats-server keeps the existing subscription for a repeated sid.
             self.ok();
             return Flow::Continue;
         }
-        let kind = match &queue {
+        let kind = match queue {
             Some(q) => match std::str::from_utf8(q) {
                 Ok(name) if mapping::valid_queue_group(q) => {
                     SubscriptionKind::Shared(Arc::from(name))
@@ -534,11 +588,11 @@ impl Conn<'_> {
         };
         match self.session.subscribe(sub) {
             Ok(id) => {
-                self.sids.insert(sid.clone(), id);
+                self.sids.insert(sid.into(), id);
                 self.subs.insert(
                     id,
                     Sub {
-                        sid,
+                        sid: sid.into(),
                         filter,
                         max: None,
                         delivered: 0,
@@ -568,17 +622,6 @@ impl Conn<'_> {
             self.sids.remove(&sub.sid);
         }
         let _ = self.session.cancel(id);
-    }
-
-    /// Encodes every delivery that is ready now (up to one write's worth).
-    fn drain_ready(&mut self) {
-        while self.wbuf.len() < WRITE_BATCH {
-            match self.deliveries.try_recv() {
-                Some(d) => self.deliver(d),
-                None => break,
-            }
-        }
-        self.cancel_expired();
     }
 
     fn cancel_expired(&mut self) {
@@ -630,10 +673,7 @@ impl Conn<'_> {
 
 /// Reads into `buf`, growing it in steps while data flows (and keeping it
 /// small on idle connections).
-async fn read_some(
-    stream: &mut Box<dyn switchyard_core::spi::Stream>,
-    buf: &mut BytesMut,
-) -> std::io::Result<usize> {
+async fn read_some(stream: &mut Box<dyn Stream>, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.capacity() - buf.len() < 1024 {
         let grow = if buf.capacity() == 0 {
             4096

@@ -77,9 +77,18 @@ pub fn subject_to_filter(subject: &[u8]) -> Result<AddressFilter, SubjectError> 
     AddressFilter::new(&words.join(".")).map_err(|_| SubjectError::Invalid)
 }
 
-/// True when `s` can be written as a subject (or reply subject) in a `MSG`.
+/// True when `s` can be written as a subject (or reply subject) in a `MSG`:
+/// non-empty tokens without whitespace. Runs for every delivery, so it is
+/// one pass over the bytes.
 pub fn is_wire_subject(s: &str) -> bool {
-    !s.is_empty() && s.split('.').all(|t| token_ok(t.as_bytes()))
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.first() != Some(&b'.')
+        && b.last() != Some(&b'.')
+        && !b.windows(2).any(|w| w == b"..")
+        && !b
+            .iter()
+            .any(|&c| c == b' ' || c == b'\t' || c == b'\r' || c == b'\n' || c == 0)
 }
 
 /// A queue group name: one token without whitespace.
@@ -227,6 +236,11 @@ mod tests {
         assert!(subject_to_filter(b"").is_err());
         assert!(is_wire_subject("a.b"));
         assert!(!is_wire_subject("a b.c"));
+        assert!(!is_wire_subject("a..b"));
+        assert!(!is_wire_subject(".a"));
+        assert!(!is_wire_subject("a."));
+        assert!(!is_wire_subject(""));
+        assert!(!is_wire_subject("a\tb"));
     }
 
     #[test]

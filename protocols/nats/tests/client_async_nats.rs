@@ -386,7 +386,7 @@ async fn nats_publisher_reaches_a_core_subscriber_byte_identical() {
     let mut s = b.broker().session("test", ConnId(u64::MAX - 1));
     s.subscribe(Subscribe::temporary(AddressFilter::new("x.*").unwrap()))
         .unwrap();
-    let d = s.deliveries();
+    let mut d = s.deliveries();
     let c = connect(&b).await;
     let body = Bytes::from((0..=255u8).collect::<Vec<_>>());
     c.publish("x.y", body.clone()).await.unwrap();

@@ -15,16 +15,38 @@ fn token() -> impl Strategy<Value = Bytes> {
     "[a-zA-Z0-9_.*>$-]{1,20}".prop_map(|s| Bytes::from(s.into_bytes()))
 }
 
-fn op() -> impl Strategy<Value = ClientOp> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owned {
+    Connect(Bytes),
+    Pub {
+        subject: Bytes,
+        reply: Option<Bytes>,
+        header_len: usize,
+        payload: Bytes,
+    },
+    Sub {
+        subject: Bytes,
+        queue: Option<Bytes>,
+        sid: Bytes,
+    },
+    Unsub {
+        sid: Bytes,
+        max: Option<u64>,
+    },
+    Ping,
+    Pong,
+}
+
+fn op() -> impl Strategy<Value = Owned> {
     prop_oneof![
         "[ -~]{0,40}"
-            .prop_map(|j| ClientOp::Connect(Bytes::from(j.trim_start().to_owned().into_bytes()))),
+            .prop_map(|j| Owned::Connect(Bytes::from(j.trim_start().to_owned().into_bytes()))),
         (
             token(),
             proptest::option::of(token()),
             prop::collection::vec(any::<u8>(), 0..300)
         )
-            .prop_map(|(subject, reply, payload)| ClientOp::Pub {
+            .prop_map(|(subject, reply, payload)| Owned::Pub {
                 subject,
                 reply,
                 header_len: 0,
@@ -39,7 +61,7 @@ fn op() -> impl Strategy<Value = ClientOp> {
             .prop_map(|(subject, reply, hl, body)| {
                 let mut payload = vec![b'h'; hl];
                 payload.extend(body);
-                ClientOp::Pub {
+                Owned::Pub {
                     subject,
                     reply,
                     header_len: hl,
@@ -47,32 +69,32 @@ fn op() -> impl Strategy<Value = ClientOp> {
                 }
             }),
         (token(), proptest::option::of(token()), token()).prop_map(|(subject, queue, sid)| {
-            ClientOp::Sub {
+            Owned::Sub {
                 subject,
                 queue,
                 sid,
             }
         }),
-        (token(), proptest::option::of(any::<u32>())).prop_map(|(sid, max)| ClientOp::Unsub {
+        (token(), proptest::option::of(any::<u32>())).prop_map(|(sid, max)| Owned::Unsub {
             sid,
             max: max.map(u64::from)
         }),
-        Just(ClientOp::Ping),
-        Just(ClientOp::Pong),
+        Just(Owned::Ping),
+        Just(Owned::Pong),
     ]
 }
 
-fn encode(op: &ClientOp, out: &mut Vec<u8>) {
+fn encode(op: &Owned, out: &mut Vec<u8>) {
     let sp = |out: &mut Vec<u8>, b: &[u8]| {
         out.push(b' ');
         out.extend_from_slice(b);
     };
     match op {
-        ClientOp::Connect(j) => {
+        Owned::Connect(j) => {
             out.extend_from_slice(b"CONNECT ");
             out.extend_from_slice(j);
         }
-        ClientOp::Pub {
+        Owned::Pub {
             subject,
             reply,
             header_len,
@@ -90,7 +112,7 @@ fn encode(op: &ClientOp, out: &mut Vec<u8>) {
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(payload);
         }
-        ClientOp::Sub {
+        Owned::Sub {
             subject,
             queue,
             sid,
@@ -102,23 +124,56 @@ fn encode(op: &ClientOp, out: &mut Vec<u8>) {
             }
             sp(out, sid);
         }
-        ClientOp::Unsub { sid, max } => {
+        Owned::Unsub { sid, max } => {
             out.extend_from_slice(b"UNSUB");
             sp(out, sid);
             if let Some(m) = max {
                 sp(out, m.to_string().as_bytes());
             }
         }
-        ClientOp::Ping => out.extend_from_slice(b"PING"),
-        ClientOp::Pong => out.extend_from_slice(b"PONG"),
+        Owned::Ping => out.extend_from_slice(b"PING"),
+        Owned::Pong => out.extend_from_slice(b"PONG"),
     }
     out.extend_from_slice(b"\r\n");
 }
 
-fn parse_all(p: &mut Parser, buf: &mut BytesMut, out: &mut Vec<ClientOp>) -> bool {
+/// An owned copy of a parsed op.
+fn own(op: ClientOp<'_>) -> Owned {
+    match op {
+        ClientOp::Connect(j) => Owned::Connect(Bytes::copy_from_slice(j)),
+        ClientOp::Pub {
+            subject,
+            reply,
+            header_len,
+            payload,
+        } => Owned::Pub {
+            subject: Bytes::copy_from_slice(subject),
+            reply: reply.map(Bytes::copy_from_slice),
+            header_len,
+            payload,
+        },
+        ClientOp::Sub {
+            subject,
+            queue,
+            sid,
+        } => Owned::Sub {
+            subject: Bytes::copy_from_slice(subject),
+            queue: queue.map(Bytes::copy_from_slice),
+            sid: Bytes::copy_from_slice(sid),
+        },
+        ClientOp::Unsub { sid, max } => Owned::Unsub {
+            sid: Bytes::copy_from_slice(sid),
+            max,
+        },
+        ClientOp::Ping => Owned::Ping,
+        ClientOp::Pong => Owned::Pong,
+    }
+}
+
+fn parse_all(p: &mut Parser, buf: &mut BytesMut, out: &mut Vec<Owned>) -> bool {
     loop {
         match p.parse(buf) {
-            Ok(Some(op)) => out.push(op),
+            Ok(Some(op)) => out.push(own(op)),
             Ok(None) => return true,
             Err(_) => return false,
         }

@@ -1,0 +1,402 @@
+//! The lean NATS driver.
+
+use crate::driver::{
+    Driver, PubPlan, Publisher, Quota, SubResult, Subscriber, histogram, now_ns, record, stamp,
+    stamped,
+};
+use anyhow::{Context, Result, bail};
+use bytes::{Buf, BytesMut};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+const BATCH: usize = 64 * 1024;
+
+/// The NATS driver.
+#[derive(Debug, Default)]
+pub struct Nats;
+
+struct Conn {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> Result<Conn> {
+        let s = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        s.set_nodelay(true)?;
+        let (rd, wr) = s.into_split();
+        let mut c = Conn {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(256 * 1024),
+        };
+        c.line().await?; // INFO
+        c.wr.write_all(
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false,\"protocol\":1}\r\n",
+        )
+        .await?;
+        Ok(c)
+    }
+
+    /// Reads one control line.
+    async fn line(&mut self) -> Result<String> {
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf) {
+                let line = String::from_utf8_lossy(self.buf.get(..nl).unwrap_or_default())
+                    .trim_end()
+                    .to_owned();
+                self.buf.advance(nl + 1);
+                return Ok(line);
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                bail!("connection closed");
+            }
+        }
+    }
+
+    /// PING and wait for the PONG: the server has processed everything sent before.
+    async fn sync(&mut self) -> Result<()> {
+        self.wr.write_all(b"PING\r\n").await?;
+        loop {
+            let l = self.line().await?;
+            if l == "PONG" {
+                return Ok(());
+            }
+            if l.starts_with("-ERR") {
+                bail!("server error: {l}");
+            }
+        }
+    }
+}
+
+fn pub_line(out: &mut Vec<u8>, topic: &str, reply: Option<&str>, payload: &[u8]) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"PUB ");
+    out.extend_from_slice(topic.as_bytes());
+    out.push(b' ');
+    if let Some(r) = reply {
+        out.extend_from_slice(r.as_bytes());
+        out.push(b' ');
+    }
+    out.extend_from_slice(n.format(payload.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(payload);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed delivery: (reply subject, payload range in the buffer).
+enum Frame {
+    Msg {
+        reply: Option<String>,
+        start: usize,
+        len: usize,
+        consumed: usize,
+    },
+    Ping {
+        consumed: usize,
+    },
+    Other {
+        consumed: usize,
+    },
+    Err(String),
+}
+
+/// Parses one server frame from the front of `buf`; `None` = need more.
+fn frame(buf: &[u8], want_reply: bool) -> Option<Frame> {
+    let nl = memchr::memchr(b'\n', buf)?;
+    let line = buf.get(..nl)?;
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.starts_with(b"MSG ") {
+        let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+        let _ = parts.next();
+        let args: Vec<&[u8]> = parts.collect();
+        let size: usize = std::str::from_utf8(args.last()?).ok()?.parse().ok()?;
+        let start = nl + 1;
+        if buf.len() < start + size + 2 {
+            return None;
+        }
+        let reply = if want_reply && args.len() == 4 {
+            args.get(2).map(|r| String::from_utf8_lossy(r).into_owned())
+        } else {
+            None
+        };
+        Some(Frame::Msg {
+            reply,
+            start,
+            len: size,
+            consumed: start + size + 2,
+        })
+    } else if line == b"PING" {
+        Some(Frame::Ping { consumed: nl + 1 })
+    } else if line.starts_with(b"-ERR") {
+        Some(Frame::Err(String::from_utf8_lossy(line).into_owned()))
+    } else {
+        Some(Frame::Other { consumed: nl + 1 })
+    }
+}
+
+struct NatsSub {
+    conn: Conn,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for NatsSub {
+    async fn run(mut self: Box<Self>, quota: Quota, deadline: Instant) -> Result<SubResult> {
+        let mut latency = histogram();
+        let mut received = 0u64;
+        let mut last_ns = 0;
+        let c = &mut self.conn;
+        loop {
+            let before = received;
+            while let Some(f) = frame(&c.buf, false) {
+                match f {
+                    Frame::Msg {
+                        start,
+                        len,
+                        consumed,
+                        ..
+                    } => {
+                        if let Some(ts) = c.buf.get(start..start + len).and_then(stamped) {
+                            record(&mut latency, ts);
+                        }
+                        received += 1;
+                        c.buf.advance(consumed);
+                    }
+                    Frame::Ping { consumed } => {
+                        c.buf.advance(consumed);
+                        c.wr.write_all(b"PONG\r\n").await?;
+                    }
+                    Frame::Other { consumed } => c.buf.advance(consumed),
+                    Frame::Err(e) => bail!("server error: {e}"),
+                }
+            }
+            if received > before {
+                last_ns = now_ns();
+                if quota.add(received, received - before) {
+                    break;
+                }
+            } else if quota.met(received) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            if c.buf.capacity() - c.buf.len() < 64 * 1024 {
+                c.buf.reserve(256 * 1024);
+            }
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(quota.poll());
+            match tokio::time::timeout(wait, c.rd.read_buf(&mut c.buf)).await {
+                Ok(Ok(0)) => bail!("subscriber connection closed after {received} messages"),
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        Ok(SubResult {
+            received,
+            last_ns,
+            latency,
+        })
+    }
+}
+
+struct NatsPub {
+    conn: Conn,
+}
+
+#[async_trait::async_trait]
+impl Publisher for NatsPub {
+    async fn run(mut self: Box<Self>, topic: &str, plan: PubPlan) -> Result<u64> {
+        let mut payload = vec![0x5au8; plan.size];
+        let mut out = Vec::with_capacity(BATCH + plan.size + 64);
+        let mut sent = 0u64;
+        match plan.rate {
+            None => {
+                while sent < plan.count {
+                    out.clear();
+                    let ts = now_ns();
+                    stamp(&mut payload, ts);
+                    while out.len() < BATCH && sent < plan.count {
+                        pub_line(&mut out, topic, None, &payload);
+                        sent += 1;
+                    }
+                    self.conn.wr.write_all(&out).await?;
+                }
+            }
+            Some(rate) => {
+                let start = Instant::now();
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                while sent < plan.count {
+                    tick.tick().await;
+                    let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(plan.count);
+                    out.clear();
+                    while sent < due {
+                        stamp(&mut payload, now_ns());
+                        pub_line(&mut out, topic, None, &payload);
+                        sent += 1;
+                    }
+                    if !out.is_empty() {
+                        self.conn.wr.write_all(&out).await?;
+                    }
+                }
+            }
+        }
+        self.conn.sync().await?;
+        Ok(sent)
+    }
+}
+
+#[async_trait::async_trait]
+impl Driver for Nats {
+    fn protocol(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn subscriber(
+        &self,
+        addr: SocketAddr,
+        topic: &str,
+        group: Option<&str>,
+    ) -> Result<Box<dyn Subscriber>> {
+        let mut conn = Conn::connect(addr).await?;
+        let line = match group {
+            Some(g) => format!("SUB {topic} {g} 1\r\n"),
+            None => format!("SUB {topic} 1\r\n"),
+        };
+        conn.wr.write_all(line.as_bytes()).await?;
+        conn.sync().await?;
+        Ok(Box::new(NatsSub { conn }))
+    }
+
+    async fn publisher(&self, addr: SocketAddr) -> Result<Box<dyn Publisher>> {
+        let mut conn = Conn::connect(addr).await?;
+        conn.sync().await?;
+        Ok(Box::new(NatsPub { conn }))
+    }
+
+    async fn responder(
+        &self,
+        addr: SocketAddr,
+        topic: &str,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        let mut c = Conn::connect(addr).await?;
+        c.wr.write_all(format!("SUB {topic} 1\r\n").as_bytes())
+            .await?;
+        c.sync().await?;
+        Ok(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(BATCH);
+            loop {
+                out.clear();
+                while let Some(f) = frame(&c.buf, true) {
+                    match f {
+                        Frame::Msg {
+                            reply,
+                            start,
+                            len,
+                            consumed,
+                        } => {
+                            if let (Some(r), Some(p)) = (reply, c.buf.get(start..start + len)) {
+                                pub_line(&mut out, &r, None, p);
+                            }
+                            c.buf.advance(consumed);
+                        }
+                        Frame::Ping { consumed } => {
+                            out.extend_from_slice(b"PONG\r\n");
+                            c.buf.advance(consumed);
+                        }
+                        Frame::Other { consumed } => c.buf.advance(consumed),
+                        Frame::Err(_) => return,
+                    }
+                }
+                if !out.is_empty() && c.wr.write_all(&out).await.is_err() {
+                    return;
+                }
+                c.buf.reserve(64 * 1024);
+                match c.rd.read_buf(&mut c.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }))
+    }
+
+    async fn requester(
+        &self,
+        addr: SocketAddr,
+        topic: &str,
+        plan: PubPlan,
+        window: usize,
+    ) -> Result<SubResult> {
+        let mut c = Conn::connect(addr).await?;
+        let inbox = format!("_INBOX.bench.{}", now_ns());
+        c.wr.write_all(format!("SUB {inbox} 1\r\n").as_bytes())
+            .await?;
+        c.sync().await?;
+        let mut payload = vec![0x5au8; plan.size.max(8)];
+        let mut latency = histogram();
+        let mut out = Vec::with_capacity(BATCH);
+        let mut sent = 0u64;
+        let mut received = 0u64;
+        let window = window.max(1) as u64;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while received < plan.count {
+            out.clear();
+            while sent < plan.count && sent - received < window {
+                stamp(&mut payload, now_ns());
+                pub_line(&mut out, topic, Some(&inbox), &payload);
+                sent += 1;
+            }
+            if !out.is_empty() {
+                c.wr.write_all(&out).await?;
+            }
+            loop {
+                match frame(&c.buf, false) {
+                    None => break,
+                    Some(Frame::Msg {
+                        start,
+                        len,
+                        consumed,
+                        ..
+                    }) => {
+                        if let Some(ts) = c.buf.get(start..start + len).and_then(stamped) {
+                            record(&mut latency, ts);
+                        }
+                        received += 1;
+                        c.buf.advance(consumed);
+                    }
+                    Some(Frame::Ping { consumed }) => {
+                        c.buf.advance(consumed);
+                        c.wr.write_all(b"PONG\r\n").await?;
+                    }
+                    Some(Frame::Other { consumed }) => c.buf.advance(consumed),
+                    Some(Frame::Err(e)) => bail!("server error: {e}"),
+                }
+            }
+            if received >= plan.count || sent - received >= window || sent >= plan.count {
+                if received >= plan.count {
+                    break;
+                }
+                c.buf.reserve(64 * 1024);
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, c.rd.read_buf(&mut c.buf)).await {
+                    Ok(Ok(0)) => bail!("requester connection closed"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => break,
+                }
+            }
+        }
+        Ok(SubResult {
+            received,
+            last_ns: now_ns(),
+            latency,
+        })
+    }
+}
