@@ -1,7 +1,12 @@
 //! Codec properties: every frame round-trips, decoding is the same however
 //! the bytes are split, and arbitrary bytes never panic.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -10,7 +15,8 @@ use switchyard_amqp::codec::*;
 use switchyard_model::{Headers, Value};
 
 fn shortstr() -> impl Strategy<Value = ShortStr> {
-    proptest::collection::vec(any::<u8>(), 0..40).prop_map(|v| ShortStr::new(Bytes::from(v)).unwrap())
+    proptest::collection::vec(any::<u8>(), 0..40)
+        .prop_map(|v| ShortStr::new(Bytes::from(v)).unwrap())
 }
 
 fn name() -> impl Strategy<Value = String> {
@@ -39,15 +45,22 @@ fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..4).prop_map(|v| Value::List(Arc::from(v))),
             proptest::collection::vec((name(), inner), 0..4).prop_map(|v| {
-                Value::Map(Arc::new(v.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v)).collect()))
+                Value::Map(Arc::new(
+                    v.into_iter()
+                        .map(|(k, v)| (Arc::from(k.as_str()), v))
+                        .collect(),
+                ))
             }),
         ]
     })
 }
 
 fn table() -> impl Strategy<Value = Headers> {
-    proptest::collection::vec((name(), value()), 0..6)
-        .prop_map(|v| v.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v)).collect())
+    proptest::collection::vec((name(), value()), 0..6).prop_map(|v| {
+        v.into_iter()
+            .map(|(k, v)| (Arc::from(k.as_str()), v))
+            .collect()
+    })
 }
 
 fn properties() -> impl Strategy<Value = BasicProperties> {
@@ -71,44 +84,57 @@ fn properties() -> impl Strategy<Value = BasicProperties> {
             proptest::option::of(shortstr()),
         ),
     )
-        .prop_map(|((a, b, c, d, e, f, g), (h, i, j, k, l, m, n))| BasicProperties {
-            content_type: a,
-            content_encoding: b,
-            headers: c,
-            delivery_mode: d,
-            priority: e,
-            correlation_id: f,
-            reply_to: g,
-            expiration: h,
-            message_id: i,
-            timestamp: j,
-            kind: k,
-            user_id: l,
-            app_id: m,
-            cluster_id: n,
-        })
+        .prop_map(
+            |((a, b, c, d, e, f, g), (h, i, j, k, l, m, n))| BasicProperties {
+                content_type: a,
+                content_encoding: b,
+                headers: c,
+                delivery_mode: d,
+                priority: e,
+                correlation_id: f,
+                reply_to: g,
+                expiration: h,
+                message_id: i,
+                timestamp: j,
+                kind: k,
+                user_id: l,
+                app_id: m,
+                cluster_id: n,
+            },
+        )
 }
 
 fn method() -> impl Strategy<Value = Method> {
     prop_oneof![
-        (shortstr(), shortstr(), any::<bool>(), any::<bool>()).prop_map(|(exchange, routing_key, mandatory, immediate)| {
-            Method::BasicPublish(BasicPublish {
-                ticket: 0,
-                exchange,
-                routing_key,
-                mandatory,
-                immediate,
-            })
-        }),
-        (shortstr(), any::<u64>(), any::<bool>(), shortstr(), shortstr()).prop_map(|(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| {
-            Method::BasicDeliver(BasicDeliver {
-                consumer_tag,
-                delivery_tag,
-                redelivered,
-                exchange,
-                routing_key,
-            })
-        }),
+        (shortstr(), shortstr(), any::<bool>(), any::<bool>()).prop_map(
+            |(exchange, routing_key, mandatory, immediate)| {
+                Method::BasicPublish(BasicPublish {
+                    ticket: 0,
+                    exchange,
+                    routing_key,
+                    mandatory,
+                    immediate,
+                })
+            }
+        ),
+        (
+            shortstr(),
+            any::<u64>(),
+            any::<bool>(),
+            shortstr(),
+            shortstr()
+        )
+            .prop_map(
+                |(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| {
+                    Method::BasicDeliver(BasicDeliver {
+                        consumer_tag,
+                        delivery_tag,
+                        redelivered,
+                        exchange,
+                        routing_key,
+                    })
+                }
+            ),
         (shortstr(), any::<[bool; 5]>(), table()).prop_map(|(queue, b, arguments)| {
             Method::QueueDeclare(QueueDeclare {
                 ticket: 0,
@@ -121,37 +147,60 @@ fn method() -> impl Strategy<Value = Method> {
                 arguments,
             })
         }),
-        (shortstr(), shortstr(), any::<[bool; 5]>(), table()).prop_map(|(exchange, kind, b, arguments)| {
-            Method::ExchangeDeclare(ExchangeDeclare {
-                ticket: 0,
-                exchange,
-                kind,
-                passive: b[0],
-                durable: b[1],
-                auto_delete: b[2],
-                internal: b[3],
-                nowait: b[4],
-                arguments,
-            })
-        }),
-        (table(), proptest::collection::vec(any::<u8>(), 0..50)).prop_map(|(server_properties, m)| {
-            Method::ConnectionStart(ConnectionStart {
-                version_major: 0,
-                version_minor: 9,
-                server_properties,
-                mechanisms: Bytes::from(m),
-                locales: Bytes::from_static(b"en_US"),
-            })
-        }),
-        (any::<u16>(), shortstr(), any::<u16>(), any::<u16>()).prop_map(|(reply_code, reply_text, class_id, method_id)| {
-            Method::ConnectionClose(ConnectionClose { reply_code, reply_text, class_id, method_id })
-        }),
-        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(delivery_tag, multiple, requeue)| {
-            Method::BasicNack(BasicNack { delivery_tag, multiple, requeue })
-        }),
-        (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(|(channel_max, frame_max, heartbeat)| {
-            Method::ConnectionTuneOk(ConnectionTuneOk { channel_max, frame_max, heartbeat })
-        }),
+        (shortstr(), shortstr(), any::<[bool; 5]>(), table()).prop_map(
+            |(exchange, kind, b, arguments)| {
+                Method::ExchangeDeclare(ExchangeDeclare {
+                    ticket: 0,
+                    exchange,
+                    kind,
+                    passive: b[0],
+                    durable: b[1],
+                    auto_delete: b[2],
+                    internal: b[3],
+                    nowait: b[4],
+                    arguments,
+                })
+            }
+        ),
+        (table(), proptest::collection::vec(any::<u8>(), 0..50)).prop_map(
+            |(server_properties, m)| {
+                Method::ConnectionStart(ConnectionStart {
+                    version_major: 0,
+                    version_minor: 9,
+                    server_properties,
+                    mechanisms: Bytes::from(m),
+                    locales: Bytes::from_static(b"en_US"),
+                })
+            }
+        ),
+        (any::<u16>(), shortstr(), any::<u16>(), any::<u16>()).prop_map(
+            |(reply_code, reply_text, class_id, method_id)| {
+                Method::ConnectionClose(ConnectionClose {
+                    reply_code,
+                    reply_text,
+                    class_id,
+                    method_id,
+                })
+            }
+        ),
+        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+            |(delivery_tag, multiple, requeue)| {
+                Method::BasicNack(BasicNack {
+                    delivery_tag,
+                    multiple,
+                    requeue,
+                })
+            }
+        ),
+        (any::<u16>(), any::<u32>(), any::<u16>()).prop_map(
+            |(channel_max, frame_max, heartbeat)| {
+                Method::ConnectionTuneOk(ConnectionTuneOk {
+                    channel_max,
+                    frame_max,
+                    heartbeat,
+                })
+            }
+        ),
         any::<bool>().prop_map(|active| Method::ChannelFlow(ChannelFlow { active })),
         Just(Method::TxCommit(TxCommit {})),
     ]
@@ -160,12 +209,22 @@ fn method() -> impl Strategy<Value = Method> {
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u16>(), method()).prop_map(|(channel, method)| Frame::Method { channel, method }),
-        (any::<u16>(), any::<u64>(), properties()).prop_map(|(channel, body_size, properties)| Frame::Header {
-            channel,
-            header: ContentHeader { class_id: 60, body_size, properties },
+        (any::<u16>(), any::<u64>(), properties()).prop_map(|(channel, body_size, properties)| {
+            Frame::Header {
+                channel,
+                header: ContentHeader {
+                    class_id: 60,
+                    body_size,
+                    properties,
+                },
+            }
         }),
-        (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(channel, b)| Frame::Body { channel, payload: Bytes::from(b) }),
+        (any::<u16>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(channel, b)| {
+            Frame::Body {
+                channel,
+                payload: Bytes::from(b),
+            }
+        }),
         Just(Frame::Heartbeat { channel: 0 }),
     ]
 }
@@ -252,10 +311,17 @@ fn oversized_frame_is_refused_before_its_payload_arrives() {
     let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 0, 0x20, 0][..]);
     assert_eq!(
         decode_frame(&mut buf, 4096),
-        Err(DecodeError::FrameTooLarge { size: 0x2000, max: 4096 })
+        Err(DecodeError::FrameTooLarge {
+            size: 0x2000,
+            max: 4096
+        })
     );
     let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 0, 0x0f, 0xf8][..]);
-    assert_eq!(decode_frame(&mut buf, 4096), Ok(None), "4088 + 8 = 4096 fits");
+    assert_eq!(
+        decode_frame(&mut buf, 4096),
+        Ok(None),
+        "4088 + 8 = 4096 fits"
+    );
 }
 
 #[test]
@@ -263,7 +329,10 @@ fn wrong_protocol_header_is_reported_at_the_first_wrong_byte() {
     let mut buf = BytesMut::from(&b"AMQ"[..]);
     assert_eq!(decode_protocol_header(&mut buf), Ok(None));
     let mut buf = BytesMut::from(&b"GET "[..]);
-    assert!(matches!(decode_protocol_header(&mut buf), Err(DecodeError::BadProtocolHeader(_))));
+    assert!(matches!(
+        decode_protocol_header(&mut buf),
+        Err(DecodeError::BadProtocolHeader(_))
+    ));
     let mut buf = BytesMut::from(&b"AMQP\x00\x00\x09\x01"[..]);
     assert_eq!(decode_protocol_header(&mut buf), Ok(Some(())));
 }
@@ -275,7 +344,10 @@ fn unknown_methods_and_bad_frame_ends_are_errors() {
     let n = f.len();
     f[10] = 99; // method id 10 -> 99 (type 1, channel 2, size 4, class 2, method 2)
     f[n - 1] = FRAME_END;
-    assert!(matches!(decode_frame(&mut f.clone(), 4096), Err(DecodeError::UnknownMethod { class_id: 90, .. })));
+    assert!(matches!(
+        decode_frame(&mut f.clone(), 4096),
+        Err(DecodeError::UnknownMethod { class_id: 90, .. })
+    ));
     let mut g = BytesMut::new();
     encode_heartbeat(&mut g);
     let last = g.len() - 1;
@@ -299,7 +371,15 @@ fn deep_tables_are_refused() {
 #[test]
 fn deliver_fast_path_matches_generated_encoder() {
     let mut a = BytesMut::new();
-    encode_deliver(&mut a, 7, &ShortStr::from("ctag"), 42, true, "amq.topic", "a.b");
+    encode_deliver(
+        &mut a,
+        7,
+        &ShortStr::from("ctag"),
+        42,
+        true,
+        "amq.topic",
+        "a.b",
+    );
     let mut b = BytesMut::new();
     encode_method(
         &mut b,
