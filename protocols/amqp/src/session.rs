@@ -412,10 +412,7 @@ impl Conn {
             } => (*class_id, *method_id),
             _ => (0, 0),
         };
-        let code = match e {
-            DecodeError::UnknownMethod { .. } => NOT_IMPLEMENTED,
-            other => other.reply_code(),
-        };
+        let code = e.reply_code();
         self.close_connection(code, &text, class_id, method_id);
     }
 

@@ -53,9 +53,13 @@ impl DecodeError {
             DecodeError::BadProtocolHeader(_) => 0,
             DecodeError::FrameTooLarge { .. }
             | DecodeError::BadFrameEnd(_)
-            | DecodeError::UnknownFrameType(_) => super::FRAME_ERROR,
-            DecodeError::UnknownMethod { .. } => super::COMMAND_INVALID,
-            DecodeError::Malformed(_) => super::SYNTAX_ERROR,
+            | DecodeError::UnknownFrameType(_)
+            // RabbitMQ answers undecodable arguments with FRAME_ERROR
+            // ("cannot decode"), not SYNTAX_ERROR.
+            | DecodeError::Malformed(_) => super::FRAME_ERROR,
+            // RabbitMQ 3.10 drops the TCP connection without a close; we
+            // close cleanly with the spec's NOT_IMPLEMENTED.
+            DecodeError::UnknownMethod { .. } => super::NOT_IMPLEMENTED,
         }
     }
 }
