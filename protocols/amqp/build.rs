@@ -8,6 +8,9 @@
 //!
 //! The output (`$OUT_DIR/generated.rs`) is included by `src/codec/methods.rs`.
 
+// A build script reports a broken spec file by failing the build.
+#![allow(clippy::panic)]
+
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::PathBuf;

@@ -231,10 +231,8 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
         wr.flush().await?;
         wr.shutdown().await?;
         let mut sink = [0u8; 4096];
-        while !eof {
-            if rd.read(&mut sink).await? == 0 {
-                break;
-            }
+        if !eof {
+            while rd.read(&mut sink).await? != 0 {}
         }
         Ok::<(), std::io::Error>(())
     })

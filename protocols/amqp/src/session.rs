@@ -177,6 +177,9 @@ struct PendingPublish {
     mandatory: bool,
 }
 
+/// Content being assembled (properties are kept inline: one per channel,
+/// no allocation per publish).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 enum Content {
     #[default]
