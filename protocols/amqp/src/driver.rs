@@ -35,6 +35,9 @@ use tokio_util::codec::Decoder;
 pub const HIGH_WATER: usize = 256 * 1024;
 /// How long we wait for `connection.close-ok` (or the client's EOF).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A read or write this small means a quiet connection: its emptied
+/// buffer is dropped rather than kept.
+const SMALL: usize = 512;
 /// Buffers larger than this are dropped when empty.
 const SHRINK_ABOVE: usize = 64 * 1024;
 
@@ -64,7 +67,7 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut codec = AmqpCodec::server();
     let mut rbuf = BytesMut::new();
-    let mut read_hint = 2048usize;
+    let mut read_hint = 1024usize;
     let mut confirms: FuturesUnordered<ConfirmFuture> = FuturesUnordered::new();
     let started = Instant::now();
     let handshake_deadline = started + limits.handshake_timeout.get();
@@ -123,9 +126,12 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
                         result = Err(AdapterError::Io(std::io::ErrorKind::WriteZero.into()));
                         break;
                     }
-                    Ok(Some(_)) => {
+                    Ok(Some(n)) => {
                         last_write = Instant::now();
                         need_flush = true;
+                        if c.out.is_empty() && n < SMALL {
+                            c.out = BytesMut::new();
+                        }
                     }
                     Ok(None) => need_flush = false,
                     Err(e) => {
@@ -169,6 +175,12 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
                             rbuf.clear();
                         } else {
                             decode_all(&mut c, &mut codec, &mut rbuf, &mut discard);
+                        }
+                        // A quiet connection gives its read buffer back (the
+                        // decoded frames keep what they use); a busy one
+                        // keeps it.
+                        if rbuf.is_empty() && n < SMALL {
+                            rbuf = BytesMut::new();
                         }
                     }
                     Err(e) => {
@@ -218,7 +230,7 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
         }
         if rbuf.is_empty() && rbuf.capacity() > SHRINK_ABOVE {
             rbuf = BytesMut::new();
-            read_hint = 2048;
+            read_hint = 1024;
         }
     }
     // Say goodbye politely: send what is left, close our side, and let the
@@ -230,7 +242,9 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
         }
         wr.flush().await?;
         wr.shutdown().await?;
-        let mut sink = [0u8; 4096];
+        // On the heap: an array here would be part of every connection's
+        // future for its whole life.
+        let mut sink = vec![0u8; 1024];
         if !eof {
             while rd.read(&mut sink).await? != 0 {}
         }
@@ -280,5 +294,33 @@ fn decode_all(c: &mut Conn, codec: &mut AmqpCodec, rbuf: &mut BytesMut, discard:
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The connection future lives as long as the connection: keep it small
+    /// (the target is a few KiB per idle connection in all).
+    #[test]
+    fn connection_future_is_small() {
+        let broker = Broker::new(switchyard_core::CoreConfig::new());
+        let (a, _b) = tokio::io::duplex(64);
+        let conn = Connection {
+            id: switchyard_model::ConnId(1),
+            listener: "amqp".into(),
+            peer: None,
+            local: None,
+            transport: switchyard_core::spi::Transport::Tcp,
+            stream: Box::new(a),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let cfg = AmqpConfig::default();
+        let fut = run(conn, broker, &cfg);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("connection future: {size} bytes");
+        assert!(size < 3 * 1024, "connection future is {size} bytes");
     }
 }

@@ -336,7 +336,9 @@ pub struct Conn {
     pub heartbeat: u16,
     channel_max: u16,
     caps: Caps,
-    channels: HashMap<u16, Channel>,
+    /// Boxed: a channel is a few hundred bytes and the table allocates
+    /// several slots at once.
+    channels: HashMap<u16, Box<Channel>>,
     consumers: HashMap<ConsumerId, ConsumerRef>,
     /// Bytes to write.
     pub out: BytesMut,
@@ -742,7 +744,8 @@ impl Conn {
                         ));
                     }
                     self.next_epoch += 1;
-                    self.channels.insert(channel, Channel::new(self.next_epoch));
+                    self.channels
+                        .insert(channel, Box::new(Channel::new(self.next_epoch)));
                     self.send(
                         channel,
                         ChannelOpenOk {
@@ -795,6 +798,7 @@ impl Conn {
     fn chan(&mut self, channel: u16) -> Result<&mut Channel, AmqpError> {
         self.channels
             .get_mut(&channel)
+            .map(|c| &mut **c)
             .ok_or_else(|| AmqpError::conn(CHANNEL_ERROR, "expected 'channel.open'"))
     }
 
