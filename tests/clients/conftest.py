@@ -39,6 +39,8 @@ class Broker:
     def __init__(self, data_dir, extra_env=None, args=()):
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
+        # Not a config key: figment would read it as `bin` and refuse it.
+        env.pop("SWITCHYARD_BIN", None)
         env["SWITCHYARD_LOG__FORMAT"] = "json"
         env["SWITCHYARD_LOG__LEVEL"] = "info"
         env["SWITCHYARD_SERVER__DATA_DIR"] = str(data_dir)

@@ -286,6 +286,8 @@ struct Slot {
     prefetch: u32,
     /// Never pushed to: holds messages taken with `get`.
     passive: bool,
+    /// Temporarily not pushed to; its unacked deliveries stay ackable.
+    paused: bool,
     exclusive: bool,
     unacked: BTreeMap<u64, Entry>,
 }
@@ -294,6 +296,7 @@ impl Slot {
     #[inline]
     fn has_credit(&self) -> bool {
         !self.passive
+            && !self.paused
             && (!self.manual_ack
                 || self.prefetch == 0
                 || self.unacked.len() < self.prefetch as usize)
@@ -703,6 +706,7 @@ impl Queue {
             manual_ack: spec.manual_ack,
             prefetch: spec.prefetch,
             passive: spec.passive,
+            paused: false,
             exclusive: spec.exclusive,
             unacked: BTreeMap::new(),
         });
@@ -879,6 +883,30 @@ impl Queue {
         Self::slot_mut(st, consumer)?.prefetch = prefetch;
         self.dispatch(st, fx);
         Ok(())
+    }
+
+    /// Stops (`paused`) or resumes pushing to a consumer; its unacked
+    /// deliveries stay ackable either way. Dispatches when resumed.
+    pub(crate) fn set_paused(
+        self: &Arc<Self>,
+        st: &mut State,
+        consumer: ConsumerId,
+        paused: bool,
+        fx: &mut Effects,
+    ) -> Result<(), crate::CoreError> {
+        Self::slot_mut(st, consumer)?.paused = paused;
+        if !paused {
+            self.dispatch(st, fx);
+        }
+        Ok(())
+    }
+
+    /// Unacked deliveries a consumer holds.
+    pub(crate) fn unacked_count(st: &State, consumer: ConsumerId) -> usize {
+        st.consumers
+            .iter()
+            .find(|c| c.id == consumer)
+            .map_or(0, |c| c.unacked.len())
     }
 
     /// Takes one ready message for a passive (get) slot of `consumer`.

@@ -452,6 +452,27 @@ impl Session {
         r
     }
 
+    /// Pauses (`true`) or resumes (`false`) a consumer: while paused the
+    /// queue pushes it nothing, and the deliveries it holds stay unacked
+    /// and ackable. Flow control (AMQP `channel.flow`), per-channel credit
+    /// kept by an adapter, and a cancel that lets the client still ack what
+    /// it holds (pause, then [`Session::cancel`] once
+    /// [`Session::unacked`] is 0) use it.
+    pub fn set_paused(&self, consumer: ConsumerId, paused: bool) -> CoreResult<()> {
+        let q = self.queue_of(consumer)?;
+        let mut fx = Effects::default();
+        let r = q.set_paused(&mut q.lock(), consumer, paused, &mut fx);
+        q.apply(fx);
+        r
+    }
+
+    /// Deliveries a consumer holds unacknowledged.
+    pub fn unacked(&self, consumer: ConsumerId) -> CoreResult<usize> {
+        let q = self.queue_of(consumer)?;
+        let n = Queue::unacked_count(&q.lock(), consumer);
+        Ok(n)
+    }
+
     /// Takes one message from a queue without a standing consumer (AMQP
     /// `basic.get`, HTTP long-poll). With `manual_ack` the delivery must be
     /// acked through the returned delivery's `consumer`. Returns the

@@ -187,6 +187,27 @@ fn cancel_returns_unacked_messages_in_order() {
 }
 
 #[test]
+fn paused_consumer_gets_nothing_and_can_still_ack() {
+    let b = broker();
+    let mut s = session(&b);
+    declare(&mut s, "q", QueueOptions::default());
+    let c = s.consume("q", MANUAL).unwrap();
+    s.publish(to_queue("q", "1")).unwrap();
+    let first = drain(s.deliveries());
+    assert_eq!(bodies(&first), ["1"]);
+    s.set_paused(c, true).unwrap();
+    s.publish(to_queue("q", "2")).unwrap();
+    assert!(drain(s.deliveries()).is_empty());
+    assert_eq!(s.unacked(c).unwrap(), 1);
+    assert_eq!(s.ack(c, first[0].tag, false).unwrap(), 1);
+    assert_eq!(s.unacked(c).unwrap(), 0);
+    assert!(drain(s.deliveries()).is_empty(), "ack must not resume");
+    assert_eq!(b.queue_info("q").unwrap().messages, 1);
+    s.set_paused(c, false).unwrap();
+    assert_eq!(bodies(&drain(s.deliveries())), ["2"]);
+}
+
+#[test]
 fn ack_multiple_and_unknown_tags() {
     let b = broker();
     let mut s = session(&b);

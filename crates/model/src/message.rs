@@ -62,6 +62,13 @@ pub struct Properties {
     /// Persistent: journaled before it is confirmed, when it lands in a
     /// durable queue.
     pub durable: bool,
+    /// Properties one protocol carries that have no canonical slot (AMQP
+    /// 0-9-1 `type`, `user-id`, `app-id`, `cluster-id`), named
+    /// `<protocol>.<name>` (`amqp.app-id`). They travel with the message so
+    /// a client of that protocol gets them back; they are not user headers,
+    /// and adapters of other protocols ignore them. Empty (no allocation)
+    /// for most messages.
+    pub extensions: Headers,
 }
 
 /// Where a message was sent: the namespace its address is routed in.
@@ -172,6 +179,7 @@ impl Message {
                 .as_ref()
                 .map_or(0, |s| s.len())
             + self.properties.message_id.as_ref().map_or(0, |s| s.len())
+            + self.properties.extensions.approx_size()
     }
 }
 

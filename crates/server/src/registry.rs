@@ -69,7 +69,28 @@ pub static PROTOCOLS: &[Protocol] = &[
             )))
         },
     },
+    Protocol {
+        name: "amqp",
+        default_port: 5672,
+        websocket: None,
+        check_options: |path, opts| amqp_config(path, opts).map(|_| ()),
+        build: |l| {
+            let config = amqp_config(&format!("listeners.{}", l.name), &l.options)?;
+            let adapter = switchyard_amqp::AmqpAdapter::new(config)
+                .map_err(|e| ConfigError::new(format!("listeners.{}", l.name), e))?;
+            Ok(Service::Stream(Arc::new(adapter)))
+        },
+    },
 ];
+
+fn amqp_config(
+    path: &str,
+    opts: &BTreeMap<String, figment::value::Value>,
+) -> Result<switchyard_amqp::AmqpConfig, ConfigError> {
+    let c: switchyard_amqp::AmqpConfig = options(path, opts)?;
+    c.validate().map_err(|e| ConfigError::new(path, e))?;
+    Ok(c)
+}
 
 pub fn protocol(name: &str) -> Option<&'static Protocol> {
     PROTOCOLS.iter().find(|p| p.name == name)

@@ -94,7 +94,11 @@ fn environment_variables_without_a_section_are_not_configuration() {
         .env("SWITCHYARD_BIN", "/somewhere/switchyard")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = bin()
         .arg("check-config")
         .arg(&file)
