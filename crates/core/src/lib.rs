@@ -36,8 +36,10 @@ mod error;
 mod exchange;
 mod outbox;
 mod queue;
+mod recovery;
 mod session;
 pub mod spi;
+mod store;
 
 pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
@@ -45,5 +47,7 @@ pub use error::{CoreError, CoreResult};
 pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
 pub use outbox::{Deliveries, Delivery, Events, SessionEvent, WakeBatch};
 pub use queue::{DeadLetterTarget, DeathReason, QueueInfo, QueueOptions, QueueStats};
+pub use recovery::RecoveryReport;
 pub use session::{ConsumeOptions, Session, Subscribe, SubscriptionKind, Transaction};
+pub use switchyard_journal as journal;
 pub use switchyard_journal::Completion;

@@ -149,11 +149,25 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ctx = &state.ctx;
     let ready = ctx.ready.load(Ordering::Acquire);
+    let recovery = ctx.recovery.lock().as_ref().map(|r| {
+        serde_json::json!({
+            "elapsed_ms": r.elapsed.as_millis() as u64,
+            "queues": r.queues,
+            "exchanges": r.exchanges,
+            "bindings": r.bindings,
+            "messages": r.messages,
+            "paged": r.paged,
+            "segments": r.journal.segments,
+            "records": r.journal.records,
+            "torn_bytes": r.journal.torn_bytes,
+        })
+    });
     let body = serde_json::json!({
         "ready": ready,
         "name": ctx.name,
         "uptime_ms": ctx.started.elapsed().as_millis() as u64,
         "ready_after_ms": ctx.ready_after.lock().map(|d| d.as_millis() as u64),
+        "recovery": recovery,
     });
     let status = if ready {
         StatusCode::OK

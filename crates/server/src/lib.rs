@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_core::Broker;
+use switchyard_core::journal::{FsyncPolicy, Journal, JournalConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +36,8 @@ use tokio_util::task::TaskTracker;
 pub enum ServerError {
     #[error("configuration error: {0}")]
     Config(#[from] ConfigError),
+    #[error("the journal cannot be opened or recovered: {0}")]
+    Journal(String),
     #[error("listener '{listener}' cannot bind {addr}: {source}")]
     Bind {
         listener: String,
@@ -59,6 +62,8 @@ pub(crate) struct Ctx {
     pub(crate) ready: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) ready_after: parking_lot::Mutex<Option<Duration>>,
+    /// What the journal's recovery found (reported by `/readyz`).
+    pub(crate) recovery: parking_lot::Mutex<Option<switchyard_core::RecoveryReport>>,
     pub(crate) name: String,
 }
 
@@ -80,7 +85,18 @@ impl Server {
     /// listener is bound (so `local_addr` answers).
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let started = Instant::now();
-        let broker = Broker::new(config.core.clone());
+        let broker = if config.journal.enabled {
+            let dir = config.server.data_dir.join("journal");
+            let mut jc = JournalConfig::new(&dir);
+            jc.segment_size = config.journal.segment_size.bytes();
+            jc.fsync = FsyncPolicy::parse(&config.journal.fsync).unwrap_or_default();
+            jc.max_batch_delay = config.journal.max_batch_delay.get();
+            let journal = Journal::open(jc)
+                .map_err(|e| ServerError::Journal(format!("{}: {e}", dir.display())))?;
+            Broker::with_journal(config.core.clone(), journal)
+        } else {
+            Broker::new(config.core.clone())
+        };
         let protocols: Vec<&'static str> = registry::PROTOCOLS.iter().map(|p| p.name).collect();
         let limits = &config.core.limits;
         let admission = Arc::new(Admission::new(
@@ -94,6 +110,7 @@ impl Server {
             ready: AtomicBool::new(false),
             started,
             ready_after: parking_lot::Mutex::new(None),
+            recovery: parking_lot::Mutex::new(None),
             name: config.server.name.clone(),
         });
         let stop_accepting = CancellationToken::new();
@@ -149,20 +166,15 @@ impl Server {
                 socket,
             ));
         }
+        // The HTTP listener starts first, so /healthz answers and /readyz
+        // says 503 while the journal is recovered; stream listeners accept
+        // connections only once recovery is done.
         let mut bound = Vec::new();
+        let mut streams = Vec::new();
         for (b, protocol, service, socket) in sockets {
             match service {
                 Service::Stream(adapter) => {
-                    listeners.spawn(listener::accept_loop(listener::Accept {
-                        socket,
-                        name: b.name.clone(),
-                        protocol,
-                        adapter,
-                        ctx: ctx.clone(),
-                        stop: stop_accepting.clone(),
-                        close: close_connections.clone(),
-                        connections: connections.clone(),
-                    }));
+                    streams.push((b.name.clone(), protocol, adapter, socket))
                 }
                 Service::Http => {
                     listeners.spawn(http::serve(http::Serve {
@@ -176,6 +188,38 @@ impl Server {
                 }
             }
             bound.push(b);
+        }
+        let recovering = broker.clone();
+        let report = tokio::task::spawn_blocking(move || recovering.recover())
+            .await
+            .map_err(|e| ServerError::Journal(e.to_string()))?
+            .map_err(|e| ServerError::Journal(e.to_string()))?;
+        if config.journal.enabled {
+            tracing::info!(
+                queues = report.queues,
+                exchanges = report.exchanges,
+                bindings = report.bindings,
+                messages = report.messages,
+                paged = report.paged,
+                segments = report.journal.segments,
+                records = report.journal.records,
+                torn_bytes = report.journal.torn_bytes,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "journal recovered"
+            );
+        }
+        *ctx.recovery.lock() = Some(report);
+        for (name, protocol, adapter, socket) in streams {
+            listeners.spawn(listener::accept_loop(listener::Accept {
+                socket,
+                name,
+                protocol,
+                adapter,
+                ctx: ctx.clone(),
+                stop: stop_accepting.clone(),
+                close: close_connections.clone(),
+                connections: connections.clone(),
+            }));
         }
         let maintenance = broker.start_maintenance();
         ctx.ready.store(true, Ordering::Release);
@@ -238,6 +282,9 @@ impl Server {
         }
         self.ctx.broker.shutdown();
         let _ = self.maintenance.await;
+        if let Err(e) = self.ctx.broker.close_journal().await {
+            tracing::error!(error = %e, "the journal could not be flushed at shutdown");
+        }
         tracing::info!("stopped");
     }
 }
