@@ -121,6 +121,7 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     /// This broker, for queues to reach back to (dead letters, deletions).
     me: std::sync::Weak<Shared>,
+    pub(crate) retained: crate::retained::RetainedStore,
 }
 
 impl std::fmt::Debug for Shared {
@@ -196,6 +197,7 @@ impl Broker {
                 retired: Mutex::new(QueueStats::default()),
                 shutdown: CancellationToken::new(),
                 me: me.clone(),
+                retained: Default::default(),
             }),
         }
     }

@@ -28,6 +28,10 @@
 //!   with RabbitMQ-style `x-death` headers.
 //! * A [`Transaction`] is applied all or nothing.
 //!
+//! Two small facilities shared by every listener of a broker: a
+//! retained-message store ([`Broker::retain`], [`Broker::retained`]: the last
+//! message per address).
+//!
 //! The core never names a protocol.
 
 mod broker;
@@ -36,6 +40,7 @@ mod error;
 mod exchange;
 mod outbox;
 mod queue;
+mod retained;
 mod session;
 pub mod spi;
 
