@@ -122,6 +122,7 @@ pub(crate) struct Shared {
     /// This broker, for queues to reach back to (dead letters, deletions).
     me: std::sync::Weak<Shared>,
     pub(crate) retained: crate::retained::RetainedStore,
+    pub(crate) clients: Arc<crate::clients::Registry>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -198,6 +199,7 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 me: me.clone(),
                 retained: Default::default(),
+                clients: Default::default(),
             }),
         }
     }

@@ -30,11 +30,14 @@
 //!
 //! Two small facilities shared by every listener of a broker: a
 //! retained-message store ([`Broker::retain`], [`Broker::retained`]: the last
-//! message per address).
+//! message per address) and a client registry ([`Broker::clients`]:
+//! exclusive claims on client ids, evicting the previous holder and handing
+//! its parked state to the next).
 //!
 //! The core never names a protocol.
 
 mod broker;
+mod clients;
 pub mod config;
 mod error;
 mod exchange;
@@ -45,6 +48,7 @@ mod session;
 pub mod spi;
 
 pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
+pub use clients::{Claim, ClientRegistry, ParkTicket, Parked};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
 pub use error::{CoreError, CoreResult};
 pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
