@@ -8,7 +8,6 @@ use std::sync::Arc;
 use switchyard_core::spi::ProtocolAdapter;
 
 /// What serves a listener.
-#[allow(dead_code)] // `Stream` is built once a stream protocol is registered (issues 3-6).
 pub(crate) enum Service {
     /// A stream protocol: each accepted socket goes to the adapter.
     Stream(Arc<dyn ProtocolAdapter>),
@@ -47,13 +46,43 @@ impl std::fmt::Debug for Protocol {
 }
 
 /// Every protocol, with its standard port.
-pub static PROTOCOLS: &[Protocol] = &[Protocol {
-    name: "http",
-    default_port: 8080,
-    websocket: None,
-    check_options: no_options,
-    build: |_| Ok(Service::Http),
-}];
+pub static PROTOCOLS: &[Protocol] = &[
+    Protocol {
+        name: "http",
+        default_port: 8080,
+        websocket: None,
+        check_options: no_options,
+        build: |_| Ok(Service::Http),
+    },
+    Protocol {
+        name: "mqtt",
+        default_port: 1883,
+        websocket: Some(WsRoute {
+            path: "/mqtt",
+            subprotocols: &["mqtt", "mqttv3.1"],
+            frames: crate::ws::FrameKind::Binary,
+        }),
+        check_options: |path, opts| mqtt_config(path, opts).map(|_| ()),
+        build: |l| {
+            let path = format!("listeners.{}", l.name);
+            let config = mqtt_config(&path, &l.options)?;
+            Ok(Service::Stream(Arc::new(switchyard_mqtt::MqttAdapter::new(
+                config,
+            ))))
+        },
+    },
+];
+
+fn mqtt_config(
+    path: &str,
+    opts: &BTreeMap<String, figment::value::Value>,
+) -> Result<switchyard_mqtt::MqttConfig, ConfigError> {
+    let config: switchyard_mqtt::MqttConfig = options(path, opts)?;
+    config
+        .validate()
+        .map_err(|(key, message)| ConfigError::new(format!("{path}.{key}"), message))?;
+    Ok(config)
+}
 
 pub fn protocol(name: &str) -> Option<&'static Protocol> {
     PROTOCOLS.iter().find(|p| p.name == name)
@@ -61,7 +90,6 @@ pub fn protocol(name: &str) -> Option<&'static Protocol> {
 
 /// Deserializes a listener's protocol options into the adapter's config
 /// type, reporting errors with their full key path.
-#[allow(dead_code)]
 pub(crate) fn options<T: DeserializeOwned>(
     path: &str,
     options: &BTreeMap<String, figment::value::Value>,
