@@ -586,11 +586,18 @@ impl Conn {
         codec::encode(p, self.version, &mut self.io.wbuf);
     }
 
-    fn disconnect(&mut self, code: u8) {
+    /// A 5.0 DISCONNECT with a reason code and, as a Reason String, why
+    /// (allowed on DISCONNECT whatever Request Problem Information says; it
+    /// also lets clients that only read the reason code when properties
+    /// follow, such as paho-mqtt, see it).
+    fn disconnect(&mut self, code: u8, why: &str) {
         if self.v5 {
             self.write(&Packet::Disconnect(Disconnect {
                 reason: code,
-                properties: Properties::default(),
+                properties: Properties {
+                    reason_string: Some(why.chars().take(200).collect()),
+                    ..Properties::default()
+                },
             }));
         }
     }
@@ -607,8 +614,9 @@ impl Conn {
         tokio::pin!(timer);
         // Bytes that came with the CONNECT.
         if let Err(close) = self.on_bytes() {
-            if let Close::Server(code, _) = &close {
-                self.disconnect(*code);
+            if let Close::Server(code, why) = &close {
+                let (code, why) = (*code, why.clone());
+                self.disconnect(code, &why);
             }
             let _ = self.io.flush().await;
             return close;
@@ -620,12 +628,12 @@ impl Conn {
             let turn: Result<(), Close> = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
-                    self.disconnect(reason::SERVER_SHUTTING_DOWN);
+                    self.disconnect(reason::SERVER_SHUTTING_DOWN, "server shutting down");
                     let _ = self.io.flush().await;
                     return Close::Shutdown;
                 }
                 () = claim.evicted() => {
-                    self.disconnect(reason::SESSION_TAKEN_OVER);
+                    self.disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
                     let _ = self.io.flush().await;
                     return Close::TakenOver;
                 }
@@ -665,8 +673,9 @@ impl Conn {
                 },
             };
             if let Err(close) = turn {
-                if let Close::Server(code, _) = &close {
-                    self.disconnect(*code);
+                if let Close::Server(code, why) = &close {
+                    let (code, why) = (*code, why.clone());
+                    self.disconnect(code, &why);
                 }
                 let _ = self.io.flush().await;
                 return close;
