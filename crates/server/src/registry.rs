@@ -66,9 +66,9 @@ pub static PROTOCOLS: &[Protocol] = &[
         build: |l| {
             let path = format!("listeners.{}", l.name);
             let config = mqtt_config(&path, &l.options)?;
-            Ok(Service::Stream(Arc::new(switchyard_mqtt::MqttAdapter::new(
-                config,
-            ))))
+            Ok(Service::Stream(Arc::new(
+                switchyard_mqtt::MqttAdapter::new(config),
+            )))
         },
     },
 ];

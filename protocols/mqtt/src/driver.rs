@@ -13,8 +13,8 @@
 
 use crate::auth::{self, Credentials};
 use crate::codec::{
-    self, Ack, ConnAck, DecodeError, Decoder, Disconnect, Packet, Properties, Publish,
-    QoS, SubAck, SubOptions, Subscribe, UnsubAck, Unsubscribe, Version, reason,
+    self, Ack, ConnAck, DecodeError, Decoder, Disconnect, Packet, Properties, Publish, QoS, SubAck,
+    SubOptions, Subscribe, UnsubAck, Unsubscribe, Version, reason,
 };
 use crate::config::MqttConfig;
 use crate::mapping::{self, Alias, Outgoing};
@@ -36,9 +36,7 @@ use switchyard_core::{
     Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, QueueOptions, Session,
     SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind,
 };
-use switchyard_model::{
-    ConnId, ConsumerId, Headers, Message, Str, now_millis,
-};
+use switchyard_model::{ConnId, ConsumerId, Headers, Message, Str, now_millis};
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -280,10 +278,7 @@ pub(crate) async fn serve(
         connack_and_close(
             &mut io,
             version,
-            refuse(
-                reason::v3::IDENTIFIER_REJECTED,
-                reason::CLIENT_ID_NOT_VALID,
-            ),
+            refuse(reason::v3::IDENTIFIER_REJECTED, reason::CLIENT_ID_NOT_VALID),
         )
         .await;
         return Err(AdapterError::Protocol("client id too long".into()));
@@ -602,7 +597,11 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, shutdown: &tokio_util::sync::CancellationToken, claim: &Claim) -> Close {
+    async fn run(
+        &mut self,
+        shutdown: &tokio_util::sync::CancellationToken,
+        claim: &Claim,
+    ) -> Close {
         let deliveries = self.session.deliveries();
         let ka = self.keep_alive;
         let grace = ka + ka / 2;
@@ -683,7 +682,9 @@ impl Conn {
             if let Err(e) = self.io.flush().await {
                 return e;
             }
-            if self.io.rbuf.is_empty() && self.io.last_read < SMALL_IO && self.io.rbuf.capacity() > 0
+            if self.io.rbuf.is_empty()
+                && self.io.last_read < SMALL_IO
+                && self.io.rbuf.capacity() > 0
             {
                 self.io.rbuf = BytesMut::new();
             }
@@ -734,7 +735,11 @@ impl Conn {
                         self.write(&Packet::PubRel(Ack::new(a.packet_id, 0)));
                     }
                     _ => {
-                        let code = if self.v5 { reason::PACKET_ID_NOT_FOUND } else { 0 };
+                        let code = if self.v5 {
+                            reason::PACKET_ID_NOT_FOUND
+                        } else {
+                            0
+                        };
                         self.write(&Packet::PubRel(Ack::new(a.packet_id, code)));
                     }
                 }
@@ -779,8 +784,8 @@ impl Conn {
                             "session expiry set on DISCONNECT after 0 on CONNECT",
                         ));
                     }
-                    let max =
-                        u32::try_from(self.cfg.max_session_expiry.get().as_secs()).unwrap_or(u32::MAX);
+                    let max = u32::try_from(self.cfg.max_session_expiry.get().as_secs())
+                        .unwrap_or(u32::MAX);
                     self.session_expiry = e.min(max);
                 }
                 Err(Close::Client(d.reason))
@@ -793,13 +798,9 @@ impl Conn {
                 reason::PROTOCOL_ERROR,
                 "AUTH without an authentication method",
             )),
-            Packet::ConnAck(_)
-            | Packet::SubAck(_)
-            | Packet::UnsubAck(_)
-            | Packet::PingResp => Err(Close::protocol(
-                reason::PROTOCOL_ERROR,
-                "a packet only a server sends",
-            )),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => Err(
+                Close::protocol(reason::PROTOCOL_ERROR, "a packet only a server sends"),
+            ),
         }
     }
 
@@ -899,7 +900,11 @@ impl Conn {
     /// The address of a PUBLISH's topic (or alias). The outer error closes
     /// the connection; the inner one refuses just this publication.
     fn resolve_topic(&mut self, p: &Publish) -> Result<Result<Str, u8>, Close> {
-        let alias = if self.v5 { p.properties.topic_alias } else { None };
+        let alias = if self.v5 {
+            p.properties.topic_alias
+        } else {
+            None
+        };
         if let Some(a) = alias
             && (a == 0 || a > self.cfg.topic_alias_maximum)
         {
@@ -1001,13 +1006,14 @@ impl Conn {
             return Ok(granted);
         }
         let consumer = if let Some((group, _)) = shared {
-            self.session.subscribe(CoreSubscribe {
-                filter: filter.clone(),
-                kind: SubscriptionKind::Shared(Str::from(group)),
-                queue: QueueOptions::default(),
-                consume: ConsumeOptions::default(),
-            })
-            .map(Some)
+            self.session
+                .subscribe(CoreSubscribe {
+                    filter: filter.clone(),
+                    kind: SubscriptionKind::Shared(Str::from(group)),
+                    queue: QueueOptions::default(),
+                    consume: ConsumeOptions::default(),
+                })
+                .map(Some)
         } else if let Some(q) = &self.queue {
             self.session
                 .bind_queue(q, "amq.topic", filter.as_str(), &Headers::new())
@@ -1200,7 +1206,9 @@ impl Conn {
         sub_ids: &[u32],
     ) {
         let now = now_millis();
-        if msg.is_expired(now) {
+        // Expired, or an address (from another protocol) that is no valid
+        // MQTT topic name: `%` (the empty topic) or `+`/`#` in a word.
+        if msg.is_expired(now) || &*msg.address == "%" || msg.address.contains(['+', '#']) {
             self.ack_source(source);
             return;
         }
@@ -1234,7 +1242,10 @@ impl Conn {
             // [MQTT-3.1.2-25]: too large for the client; dropped as if sent.
             o.alias = Alias::None;
             if mapping::publish_len(&o, self.v5).2 > self.client_max_packet {
-                tracing::debug!(size = msg.body.len(), "message larger than the client accepts; dropped");
+                tracing::debug!(
+                    size = msg.body.len(),
+                    "message larger than the client accepts; dropped"
+                );
                 self.ack_source(source);
                 return;
             }

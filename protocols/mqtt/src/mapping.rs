@@ -128,9 +128,7 @@ pub fn will_message(address: Str, w: &Will, v5: bool, now: u64) -> Result<Messag
 
 /// The QoS a message was published with (see the module docs).
 pub fn message_qos(m: &Message) -> QoS {
-    if !m.headers.is_empty()
-        && m.headers.get(QOS_HEADER).and_then(Value::as_i64) == Some(2)
-    {
+    if !m.headers.is_empty() && m.headers.get(QOS_HEADER).and_then(Value::as_i64) == Some(2) {
         return QoS::ExactlyOnce;
     }
     if m.properties.durable {
@@ -475,6 +473,9 @@ mod tests {
         assert!(!back.dup, "never DUP at QoS 0");
         assert!(back.topic.is_empty());
         assert_eq!(back.properties.topic_alias, Some(2));
-        assert_eq!(back.properties.user_properties, vec![("n".into(), "5".into())]);
+        assert_eq!(
+            back.properties.user_properties,
+            vec![("n".into(), "5".into())]
+        );
     }
 }

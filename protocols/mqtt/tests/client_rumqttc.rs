@@ -2,7 +2,12 @@
 //! clients), against an in-process broker: the shared conformance checks,
 //! then the MQTT features one by one.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use anyhow::{Context as _, Result, bail};
 use async_trait::async_trait;
@@ -25,8 +30,7 @@ mod v4 {
 mod v5 {
     pub use rumqttc::v5::mqttbytes::QoS;
     pub use rumqttc::v5::mqttbytes::v5::{
-        ConnAck, LastWill, LastWillProperties, Packet, Publish,
-        PublishProperties,
+        ConnAck, LastWill, LastWillProperties, Packet, Publish, PublishProperties,
     };
     pub use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 }
@@ -116,8 +120,10 @@ impl C4 {
 
     async fn sub(&mut self, filter: &str, qos: v4::QoS) {
         self.client.subscribe(filter, qos).await.unwrap();
-        self.wait("SUBACK", |p| matches!(p, v4::Packet::SubAck(_)).then_some(()))
-            .await;
+        self.wait("SUBACK", |p| {
+            matches!(p, v4::Packet::SubAck(_)).then_some(())
+        })
+        .await;
     }
 
     async fn pub_acked(&mut self, topic: &str, qos: v4::QoS, retain: bool, body: &[u8]) {
@@ -131,12 +137,16 @@ impl C4 {
                 self.ping().await;
             }
             v4::QoS::AtLeastOnce => {
-                self.wait("PUBACK", |p| matches!(p, v4::Packet::PubAck(_)).then_some(()))
-                    .await
+                self.wait("PUBACK", |p| {
+                    matches!(p, v4::Packet::PubAck(_)).then_some(())
+                })
+                .await
             }
             v4::QoS::ExactlyOnce => {
-                self.wait("PUBCOMP", |p| matches!(p, v4::Packet::PubComp(_)).then_some(()))
-                    .await
+                self.wait("PUBCOMP", |p| {
+                    matches!(p, v4::Packet::PubComp(_)).then_some(())
+                })
+                .await
             }
         }
     }
@@ -288,12 +298,16 @@ impl C5 {
                 .await
             }
             v5::QoS::AtLeastOnce => {
-                self.wait("PUBACK", |p| matches!(p, v5::Packet::PubAck(_)).then_some(()))
-                    .await
+                self.wait("PUBACK", |p| {
+                    matches!(p, v5::Packet::PubAck(_)).then_some(())
+                })
+                .await
             }
             v5::QoS::ExactlyOnce => {
-                self.wait("PUBCOMP", |p| matches!(p, v5::Packet::PubComp(_)).then_some(()))
-                    .await
+                self.wait("PUBCOMP", |p| {
+                    matches!(p, v5::Packet::PubComp(_)).then_some(())
+                })
+                .await
             }
         }
     }
@@ -338,7 +352,9 @@ impl conformance::Client for Conf4 {
         let (_, t) = self.2.remove(pos);
         self.0.client.unsubscribe(t).await?;
         self.0
-            .wait("UNSUBACK", |p| matches!(p, v4::Packet::UnsubAck(_)).then_some(()))
+            .wait("UNSUBACK", |p| {
+                matches!(p, v4::Packet::UnsubAck(_)).then_some(())
+            })
             .await;
         Ok(())
     }
@@ -380,7 +396,9 @@ impl conformance::Client for Conf5 {
         let (_, t) = self.2.remove(pos);
         self.0.client.unsubscribe(t).await?;
         self.0
-            .wait("UNSUBACK", |p| matches!(p, v5::Packet::UnsubAck(_)).then_some(()))
+            .wait("UNSUBACK", |p| {
+                matches!(p, v5::Packet::UnsubAck(_)).then_some(())
+            })
             .await;
         Ok(())
     }
@@ -475,8 +493,10 @@ async fn messages_cross_to_and_from_the_core_byte_identical() {
     );
 
     let mut s = b.broker().session("test", ConnId(u64::MAX - 1));
-    s.subscribe(Subscribe::temporary(AddressFilter::new("to.core.*").unwrap()))
-        .unwrap();
+    s.subscribe(Subscribe::temporary(
+        AddressFilter::new("to.core.*").unwrap(),
+    ))
+    .unwrap();
     let d = s.deliveries();
     client
         .pub_props(
@@ -507,9 +527,12 @@ async fn messages_cross_to_and_from_the_core_byte_identical() {
 async fn retained_messages_reach_later_subscribers_until_cleared() {
     let b = TestBroker::start().await;
     let mut p = c4(&b, "ret-pub").await;
-    p.pub_acked("ret/a", v4::QoS::AtLeastOnce, true, b"kept-a").await;
-    p.pub_acked("ret/b", v4::QoS::AtMostOnce, true, b"kept-b").await;
-    p.pub_acked("ret/b", v4::QoS::AtLeastOnce, true, b"kept-b2").await;
+    p.pub_acked("ret/a", v4::QoS::AtLeastOnce, true, b"kept-a")
+        .await;
+    p.pub_acked("ret/b", v4::QoS::AtMostOnce, true, b"kept-b")
+        .await;
+    p.pub_acked("ret/b", v4::QoS::AtLeastOnce, true, b"kept-b2")
+        .await;
     let mut s = c4(&b, "ret-sub").await;
     s.sub("ret/+", v4::QoS::AtLeastOnce).await;
     let mut got = vec![];
@@ -522,7 +545,8 @@ async fn retained_messages_reach_later_subscribers_until_cleared() {
     assert_eq!(got, ["kept-a", "kept-b2"]);
     // A live publish with RETAIN goes to current subscribers without it
     // [MQTT-3.3.1-9].
-    p.pub_acked("ret/a", v4::QoS::AtLeastOnce, true, b"live").await;
+    p.pub_acked("ret/a", v4::QoS::AtLeastOnce, true, b"live")
+        .await;
     let m = s.publish_msg(WAIT).await.unwrap();
     assert_eq!(&m.payload[..], b"live");
     assert!(!m.retain);
@@ -549,14 +573,22 @@ async fn retain_handling_and_retain_as_published_v5() {
     never.retain_forward_rule = RetainForwardRule::Never;
     never.preserve_retain = true;
     s.client.subscribe_many(vec![never]).await.unwrap();
-    s.wait("SUBACK", |p| matches!(p, v5::Packet::SubAck(_)).then_some(()))
-        .await;
+    s.wait("SUBACK", |p| {
+        matches!(p, v5::Packet::SubAck(_)).then_some(())
+    })
+    .await;
     assert!(
         s.publish_msg(Duration::from_millis(300)).await.is_none(),
         "retain handling 2: nothing on subscribe"
     );
-    p.pub_props("rh/x", v5::QoS::AtLeastOnce, true, b"r2", Default::default())
-        .await;
+    p.pub_props(
+        "rh/x",
+        v5::QoS::AtLeastOnce,
+        true,
+        b"r2",
+        Default::default(),
+    )
+    .await;
     let m = s.publish_msg(WAIT).await.unwrap();
     assert!(m.retain, "retain as published keeps the flag");
     b.stop().await;
@@ -592,7 +624,12 @@ async fn a_will_is_published_when_the_connection_drops() {
     let m = watcher.publish_msg(WAIT).await.unwrap();
     assert_eq!(m.topic, "will/gone");
     assert_eq!(&m.payload[..], b"bye");
-    assert!(watcher.publish_msg(Duration::from_millis(300)).await.is_none());
+    assert!(
+        watcher
+            .publish_msg(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
     b.stop().await;
 }
 
@@ -626,7 +663,12 @@ async fn a_will_delay_holds_the_will_and_a_resumed_session_cancels_it() {
     let c = start5(o).await;
     c.kill();
     let started = tokio::time::Instant::now();
-    assert!(watcher.publish_msg(Duration::from_millis(500)).await.is_none());
+    assert!(
+        watcher
+            .publish_msg(Duration::from_millis(500))
+            .await
+            .is_none()
+    );
     let m = watcher.publish_msg(WAIT).await.unwrap();
     assert_eq!(&m.topic[..], b"wd/one");
     assert!(started.elapsed() >= Duration::from_millis(900));
@@ -643,7 +685,12 @@ async fn a_will_delay_holds_the_will_and_a_resumed_session_cancels_it() {
     o2.set_session_expiry_interval(Some(60));
     let back = start5(o2).await;
     assert!(back.connack.session_present);
-    assert!(watcher.publish_msg(Duration::from_millis(1500)).await.is_none());
+    assert!(
+        watcher
+            .publish_msg(Duration::from_millis(1500))
+            .await
+            .is_none()
+    );
     b.stop().await;
 }
 
@@ -662,9 +709,12 @@ async fn a_persistent_session_receives_what_was_published_while_offline() {
         "the session is a durable queue"
     );
     let mut p = c4(&b, "persist-pub").await;
-    p.pub_acked("persist/1", v4::QoS::AtLeastOnce, false, b"one").await;
-    p.pub_acked("persist/2", v4::QoS::ExactlyOnce, false, b"two").await;
-    p.pub_acked("persist/0", v4::QoS::AtMostOnce, false, b"zero").await;
+    p.pub_acked("persist/1", v4::QoS::AtLeastOnce, false, b"one")
+        .await;
+    p.pub_acked("persist/2", v4::QoS::ExactlyOnce, false, b"two")
+        .await;
+    p.pub_acked("persist/0", v4::QoS::AtMostOnce, false, b"zero")
+        .await;
     let mut back = start4(opts4(&b, "persist", false)).await;
     assert!(back.connack.session_present, "session present");
     let mut got = vec![];
@@ -721,7 +771,8 @@ async fn unacknowledged_messages_are_sent_again_with_dup_on_reconnect() {
     let mut s = start4(o.clone()).await;
     s.sub("redo/#", v4::QoS::AtLeastOnce).await;
     let mut p = c4(&b, "redo-pub").await;
-    p.pub_acked("redo/x", v4::QoS::AtLeastOnce, false, b"again").await;
+    p.pub_acked("redo/x", v4::QoS::AtLeastOnce, false, b"again")
+        .await;
     let first = s.publish_msg(WAIT).await.unwrap();
     assert!(!first.dup);
     s.kill(); // never acknowledged
@@ -739,7 +790,10 @@ async fn unacknowledged_messages_are_sent_again_with_dup_on_reconnect() {
     o3.set_manual_acks(true);
     let mut third = start4(o3).await;
     assert!(
-        third.publish_msg(Duration::from_millis(500)).await.is_none(),
+        third
+            .publish_msg(Duration::from_millis(500))
+            .await
+            .is_none(),
         "acknowledged: not sent again"
     );
     b.stop().await;
@@ -798,7 +852,12 @@ async fn shared_subscriptions_split_the_messages() {
     for cl in [&mut a, &mut c] {
         let mut n = 0;
         while let Some(m) = cl.publish_msg(Duration::from_millis(500)).await {
-            got.push(String::from_utf8(m.payload.to_vec()).unwrap().parse::<u32>().unwrap());
+            got.push(
+                String::from_utf8(m.payload.to_vec())
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap(),
+            );
             n += 1;
         }
         assert!(n > 0, "each member gets some");
@@ -827,10 +886,12 @@ async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     assert!(all.publish_msg(Duration::from_millis(300)).await.is_none());
     // Clients may not publish to $SYS (acknowledged, dropped).
     let mut p = c4(&b, "dollar-pub").await;
-    p.pub_acked("$SYS/load", v4::QoS::AtLeastOnce, false, b"fake").await;
+    p.pub_acked("$SYS/load", v4::QoS::AtLeastOnce, false, b"fake")
+        .await;
     assert!(sys.publish_msg(Duration::from_millis(300)).await.is_none());
     // Other $ topics are open, still hidden from '#'.
-    p.pub_acked("$app/x", v4::QoS::AtLeastOnce, false, b"app").await;
+    p.pub_acked("$app/x", v4::QoS::AtLeastOnce, false, b"app")
+        .await;
     assert!(all.publish_msg(Duration::from_millis(300)).await.is_none());
     b.stop().await;
 }
@@ -852,14 +913,31 @@ async fn no_local_and_subscription_identifiers_v5() {
         )
         .await
         .unwrap();
-    c.wait("SUBACK", |p| matches!(p, v5::Packet::SubAck(_)).then_some(()))
-        .await;
-    c.pub_props("nl/x", v5::QoS::AtLeastOnce, false, b"mine", Default::default())
-        .await;
-    assert!(c.publish_msg(Duration::from_millis(300)).await.is_none(), "no local");
+    c.wait("SUBACK", |p| {
+        matches!(p, v5::Packet::SubAck(_)).then_some(())
+    })
+    .await;
+    c.pub_props(
+        "nl/x",
+        v5::QoS::AtLeastOnce,
+        false,
+        b"mine",
+        Default::default(),
+    )
+    .await;
+    assert!(
+        c.publish_msg(Duration::from_millis(300)).await.is_none(),
+        "no local"
+    );
     let mut other = c5(&b, "nolocal-other").await;
     other
-        .pub_props("nl/x", v5::QoS::AtLeastOnce, false, b"theirs", Default::default())
+        .pub_props(
+            "nl/x",
+            v5::QoS::AtLeastOnce,
+            false,
+            b"theirs",
+            Default::default(),
+        )
         .await;
     let m = c.publish_msg(WAIT).await.unwrap();
     assert_eq!(
@@ -877,7 +955,9 @@ async fn user_properties_and_request_response_cross_protocols() {
     let mut responder = c5(&b, "responder").await;
     responder.sub("svc/echo", v5::QoS::AtLeastOnce).await;
     let mut requester = c5(&b, "requester").await;
-    requester.sub("replies/requester", v5::QoS::AtLeastOnce).await;
+    requester
+        .sub("replies/requester", v5::QoS::AtLeastOnce)
+        .await;
     requester
         .pub_props(
             "svc/echo",
@@ -919,8 +999,10 @@ async fn user_properties_and_request_response_cross_protocols() {
 
     // The same request answered by an in-process (other protocol) responder.
     let mut s = b.broker().session("other", ConnId(u64::MAX - 2));
-    s.subscribe(Subscribe::temporary(AddressFilter::new("svc.core").unwrap()))
-        .unwrap();
+    s.subscribe(Subscribe::temporary(
+        AddressFilter::new("svc.core").unwrap(),
+    ))
+    .unwrap();
     let d = s.deliveries();
     requester
         .pub_props(
@@ -936,7 +1018,10 @@ async fn user_properties_and_request_response_cross_protocols() {
         )
         .await;
     let got = tokio::time::timeout(WAIT, d.recv()).await.unwrap().unwrap();
-    assert_eq!(got.message.properties.reply_to.as_deref(), Some("replies.requester"));
+    assert_eq!(
+        got.message.properties.reply_to.as_deref(),
+        Some("replies.requester")
+    );
     let mut answer = Message::multicast(
         &Address::new(got.message.properties.reply_to.as_deref().unwrap()).unwrap(),
         Bytes::from_static(b"a2"),
@@ -976,7 +1061,10 @@ async fn message_expiry_drops_stale_messages_and_counts_down() {
     let m = back.publish_msg(WAIT).await.unwrap();
     assert_eq!(&m.payload[..], b"long", "the expired one is gone");
     let left = m.properties.unwrap().message_expiry_interval.unwrap();
-    assert!((97..=99).contains(&left), "time left, not the original: {left}");
+    assert!(
+        (97..=99).contains(&left),
+        "time left, not the original: {left}"
+    );
     assert!(back.publish_msg(Duration::from_millis(300)).await.is_none());
     b.stop().await;
 }
@@ -989,12 +1077,28 @@ async fn the_client_maximum_packet_size_is_respected() {
     let mut s = start5(o).await;
     s.sub("mps/#", v5::QoS::AtLeastOnce).await;
     let mut p = c5(&b, "big-pub").await;
-    p.pub_props("mps/big", v5::QoS::AtLeastOnce, false, &[7u8; 1000], Default::default())
-        .await;
-    p.pub_props("mps/small", v5::QoS::AtLeastOnce, false, b"ok", Default::default())
-        .await;
+    p.pub_props(
+        "mps/big",
+        v5::QoS::AtLeastOnce,
+        false,
+        &[7u8; 1000],
+        Default::default(),
+    )
+    .await;
+    p.pub_props(
+        "mps/small",
+        v5::QoS::AtLeastOnce,
+        false,
+        b"ok",
+        Default::default(),
+    )
+    .await;
     let m = s.publish_msg(WAIT).await.unwrap();
-    assert_eq!(&m.payload[..], b"ok", "the packet too large for it is dropped");
+    assert_eq!(
+        &m.payload[..],
+        b"ok",
+        "the packet too large for it is dropped"
+    );
     b.stop().await;
 }
 
@@ -1008,9 +1112,16 @@ async fn a_v5_client_publishes_with_topic_aliases() {
         topic_alias: Some(a),
         ..Default::default()
     };
-    p.pub_props("alias/long/topic", v5::QoS::AtLeastOnce, false, b"1", with(3))
+    p.pub_props(
+        "alias/long/topic",
+        v5::QoS::AtLeastOnce,
+        false,
+        b"1",
+        with(3),
+    )
+    .await;
+    p.pub_props("", v5::QoS::AtLeastOnce, false, b"2", with(3))
         .await;
-    p.pub_props("", v5::QoS::AtLeastOnce, false, b"2", with(3)).await;
     for want in [&b"1"[..], b"2"] {
         let m = s.publish_msg(WAIT).await.unwrap();
         assert_eq!(&m.topic[..], b"alias/long/topic");
@@ -1036,9 +1147,14 @@ async fn mqtt_over_websocket_works_like_tcp() {
     ws.sub("ws/#", v4::QoS::AtLeastOnce).await;
     let mut tcp = c4(&b, "ws-tcp").await;
     tcp.sub("tcp/#", v4::QoS::AtLeastOnce).await;
-    tcp.pub_acked("ws/in", v4::QoS::AtLeastOnce, false, b"to ws").await;
+    tcp.pub_acked("ws/in", v4::QoS::AtLeastOnce, false, b"to ws")
+        .await;
     assert_eq!(&ws.publish_msg(WAIT).await.unwrap().payload[..], b"to ws");
-    ws.pub_acked("tcp/in", v4::QoS::ExactlyOnce, false, b"from ws").await;
-    assert_eq!(&tcp.publish_msg(WAIT).await.unwrap().payload[..], b"from ws");
+    ws.pub_acked("tcp/in", v4::QoS::ExactlyOnce, false, b"from ws")
+        .await;
+    assert_eq!(
+        &tcp.publish_msg(WAIT).await.unwrap().payload[..],
+        b"from ws"
+    );
     b.stop().await;
 }

@@ -1,7 +1,12 @@
 //! Codec properties: every packet of both versions round-trips, decoding is
 //! the same however the bytes are split, and arbitrary bytes never panic.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
@@ -189,9 +194,17 @@ fn ack(v: Version) -> impl Strategy<Value = Ack> {
 }
 
 fn connect() -> impl Strategy<Value = Packet> {
-    (prop_oneof![Just(3u8), Just(4u8), Just(5u8)], any::<bool>(), any::<u16>())
+    (
+        prop_oneof![Just(3u8), Just(4u8), Just(5u8)],
+        any::<bool>(),
+        any::<u16>(),
+    )
         .prop_flat_map(|(level, clean, ka)| {
-            let v = if level == 5 { Version::V5 } else { Version::V311 };
+            let v = if level == 5 {
+                Version::V5
+            } else {
+                Version::V311
+            };
             (
                 Just((level, clean, ka)),
                 p(v, Context::Connect),
@@ -202,7 +215,11 @@ fn connect() -> impl Strategy<Value = Packet> {
             )
         })
         .prop_map(|((level, clean, ka), props, id, will, user, pass)| {
-            let pass = if level != 5 && user.is_none() { None } else { pass };
+            let pass = if level != 5 && user.is_none() {
+                None
+            } else {
+                pass
+            };
             Packet::Connect(Box::new(Connect {
                 level,
                 clean_start: clean,
@@ -224,7 +241,15 @@ fn connect() -> impl Strategy<Value = Packet> {
 
 fn packet(v: Version) -> BoxedStrategy<Packet> {
     let v5 = v == Version::V5;
-    let publish = (qos(), any::<bool>(), any::<bool>(), nonempty(), 1u16.., p(v, Context::Publish), bin())
+    let publish = (
+        qos(),
+        any::<bool>(),
+        any::<bool>(),
+        nonempty(),
+        1u16..,
+        p(v, Context::Publish),
+        bin(),
+    )
         .prop_map(|(qos, dup, retain, topic, id, properties, payload)| {
             let q0 = qos == QoS::AtMostOnce;
             Packet::Publish(Publish {
@@ -237,21 +262,22 @@ fn packet(v: Version) -> BoxedStrategy<Packet> {
                 payload,
             })
         });
-    let sub_opts = (qos(), any::<bool>(), any::<bool>(), 0u8..=2).prop_map(move |(q, nl, rap, rh)| {
-        if v5 {
-            SubOptions {
-                qos: q,
-                no_local: nl,
-                retain_as_published: rap,
-                retain_handling: rh,
+    let sub_opts =
+        (qos(), any::<bool>(), any::<bool>(), 0u8..=2).prop_map(move |(q, nl, rap, rh)| {
+            if v5 {
+                SubOptions {
+                    qos: q,
+                    no_local: nl,
+                    retain_as_published: rap,
+                    retain_handling: rh,
+                }
+            } else {
+                SubOptions {
+                    qos: q,
+                    ..Default::default()
+                }
             }
-        } else {
-            SubOptions {
-                qos: q,
-                ..Default::default()
-            }
-        }
-    });
+        });
     let subscribe = (
         1u16..,
         p(v, Context::Subscribe),
@@ -271,7 +297,11 @@ fn packet(v: Version) -> BoxedStrategy<Packet> {
         ack(v).prop_map(Packet::PubRel).boxed(),
         ack(v).prop_map(Packet::PubComp).boxed(),
         subscribe.boxed(),
-        (1u16.., p(v, Context::SubAck), prop::collection::vec(any::<u8>(), 1..4))
+        (
+            1u16..,
+            p(v, Context::SubAck),
+            prop::collection::vec(any::<u8>(), 1..4),
+        )
             .prop_map(|(id, properties, codes)| {
                 Packet::SubAck(SubAck {
                     packet_id: id,
@@ -280,7 +310,11 @@ fn packet(v: Version) -> BoxedStrategy<Packet> {
                 })
             })
             .boxed(),
-        (1u16.., p(v, Context::Unsubscribe), prop::collection::vec(nonempty(), 1..4))
+        (
+            1u16..,
+            p(v, Context::Unsubscribe),
+            prop::collection::vec(nonempty(), 1..4),
+        )
             .prop_map(|(id, properties, filters)| {
                 Packet::Unsubscribe(Unsubscribe {
                     packet_id: id,
@@ -289,7 +323,11 @@ fn packet(v: Version) -> BoxedStrategy<Packet> {
                 })
             })
             .boxed(),
-        (1u16.., p(v, Context::UnsubAck), prop::collection::vec(any::<u8>(), 1..4))
+        (
+            1u16..,
+            p(v, Context::UnsubAck),
+            prop::collection::vec(any::<u8>(), 1..4),
+        )
             .prop_map(move |(id, properties, codes)| {
                 Packet::UnsubAck(UnsubAck {
                     packet_id: id,
@@ -442,7 +480,9 @@ fn property_rules_are_enforced() {
     assert!(matches!(d.decode(&mut buf), Err(DecodeError::Protocol(_))));
     // PUBLISH with two Content Types.
     let mut buf = BytesMut::from(
-        &[0x30u8, 13, 0, 1, b't', 8, 0x03, 0, 1, b'a', 0x03, 0, 1, b'b', b'x'][..],
+        &[
+            0x30u8, 13, 0, 1, b't', 8, 0x03, 0, 1, b'a', 0x03, 0, 1, b'b', b'x',
+        ][..],
     );
     assert!(matches!(d.decode(&mut buf), Err(DecodeError::Protocol(_))));
     // QoS 3.

@@ -4,7 +4,12 @@
 //! checks the spec's reaction and that another client on the same broker
 //! keeps working.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::net::SocketAddr;
@@ -48,7 +53,12 @@ impl Raw {
         }
     }
 
-    async fn connect(addr: SocketAddr, v: Version, id: &str, props: Properties) -> (Raw, codec::ConnAck) {
+    async fn connect(
+        addr: SocketAddr,
+        v: Version,
+        id: &str,
+        props: Properties,
+    ) -> (Raw, codec::ConnAck) {
         let mut r = Raw::open(addr, v).await;
         r.send(&connect_packet(v, id, 60, props)).await;
         match r.recv().await {
@@ -143,10 +153,12 @@ fn disconnect_reason(got: &[Packet]) -> Option<u8> {
 
 /// Another client on the same broker still publishes and receives.
 async fn others_keep_working(addr: SocketAddr) {
-    let (mut sub, _) = Raw::connect(addr, Version::V311, "bystander-sub", Properties::default()).await;
+    let (mut sub, _) =
+        Raw::connect(addr, Version::V311, "bystander-sub", Properties::default()).await;
     sub.subscribe("still/ok", QoS::AtLeastOnce).await;
     let (mut p, _) = Raw::connect(addr, Version::V5, "bystander-pub", Properties::default()).await;
-    p.send(&publish(b"still/ok", QoS::AtLeastOnce, 3, b"alive")).await;
+    p.send(&publish(b"still/ok", QoS::AtLeastOnce, 3, b"alive"))
+        .await;
     assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
     match sub.recv().await {
         Some(Packet::Publish(m)) => assert_eq!(&m.payload[..], b"alive"),
@@ -172,7 +184,8 @@ async fn malformed_remaining_length_closes_with_0x81() {
         let (mut c, _) = Raw::connect(addr, Version::V5, "bad-len", Properties::default()).await;
         c.send_raw(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]).await;
         assert_eq!(disconnect_reason(&c.closed().await), Some(0x81));
-        let (mut c, _) = Raw::connect(addr, Version::V311, "bad-len-3", Properties::default()).await;
+        let (mut c, _) =
+            Raw::connect(addr, Version::V311, "bad-len-3", Properties::default()).await;
         c.send_raw(&[0x30, 0x80, 0x80, 0x80, 0x80]).await;
         assert!(c.closed().await.is_empty(), "3.1.1: closed without a word");
     })
@@ -207,7 +220,8 @@ async fn invalid_utf8_in_a_topic_closes_with_0x81() {
     let b = TestBroker::start().await;
     with_bystander(&b, async |addr| {
         let (mut c, _) = Raw::connect(addr, Version::V5, "bad-utf8", Properties::default()).await;
-        c.send(&publish(&[b'a', 0xC3, 0x28], QoS::AtMostOnce, 0, b"x")).await;
+        c.send(&publish(&[b'a', 0xC3, 0x28], QoS::AtMostOnce, 0, b"x"))
+            .await;
         assert_eq!(disconnect_reason(&c.closed().await), Some(0x81));
         let (mut c, _) = Raw::connect(addr, Version::V5, "nul-topic", Properties::default()).await;
         c.send(&publish(b"a\0b", QoS::AtMostOnce, 0, b"x")).await;
@@ -226,7 +240,8 @@ async fn publish_to_a_wildcard_topic_closes_with_0x90() {
         let got = c.closed().await;
         assert_eq!(disconnect_reason(&got), Some(0x90));
         assert!(!got.iter().any(|p| matches!(p, Packet::PubAck(_))));
-        let (mut c, _) = Raw::connect(addr, Version::V311, "wild-pub-3", Properties::default()).await;
+        let (mut c, _) =
+            Raw::connect(addr, Version::V311, "wild-pub-3", Properties::default()).await;
         c.send(&publish(b"a/#", QoS::AtMostOnce, 0, b"x")).await;
         assert!(c.closed().await.is_empty());
     })
@@ -239,12 +254,22 @@ async fn a_second_connect_closes_with_0x82() {
     let b = TestBroker::start().await;
     with_bystander(&b, async |addr| {
         let (mut c, _) = Raw::connect(addr, Version::V5, "twice", Properties::default()).await;
-        c.send(&connect_packet(Version::V5, "twice", 60, Properties::default()))
-            .await;
+        c.send(&connect_packet(
+            Version::V5,
+            "twice",
+            60,
+            Properties::default(),
+        ))
+        .await;
         assert_eq!(disconnect_reason(&c.closed().await), Some(0x82));
         let (mut c, _) = Raw::connect(addr, Version::V311, "twice-3", Properties::default()).await;
-        c.send(&connect_packet(Version::V311, "twice-3", 60, Properties::default()))
-            .await;
+        c.send(&connect_packet(
+            Version::V311,
+            "twice-3",
+            60,
+            Properties::default(),
+        ))
+        .await;
         assert!(c.closed().await.is_empty());
     })
     .await;
@@ -255,11 +280,13 @@ async fn a_second_connect_closes_with_0x82() {
 async fn a_subscribe_with_an_empty_filter_closes_with_0x81() {
     let b = TestBroker::start().await;
     with_bystander(&b, async |addr| {
-        let (mut c, _) = Raw::connect(addr, Version::V5, "empty-filter", Properties::default()).await;
+        let (mut c, _) =
+            Raw::connect(addr, Version::V5, "empty-filter", Properties::default()).await;
         // packet id 1, no properties, filter "" with QoS 0
         c.send_raw(&[0x82, 6, 0, 1, 0, 0, 0, 0]).await;
         assert_eq!(disconnect_reason(&c.closed().await), Some(0x81));
-        let (mut c, _) = Raw::connect(addr, Version::V311, "empty-filter-3", Properties::default()).await;
+        let (mut c, _) =
+            Raw::connect(addr, Version::V311, "empty-filter-3", Properties::default()).await;
         c.send_raw(&[0x82, 5, 0, 1, 0, 0, 0]).await;
         assert!(c.closed().await.is_empty());
         // An invalid (non-empty) filter is refused in SUBACK, the
@@ -268,7 +295,10 @@ async fn a_subscribe_with_an_empty_filter_closes_with_0x81() {
         c.send(&Packet::Subscribe(Subscribe {
             packet_id: 2,
             properties: Properties::default(),
-            filters: vec![("a/#/b".into(), SubOptions::default()), ("ok/+".into(), SubOptions::default())],
+            filters: vec![
+                ("a/#/b".into(), SubOptions::default()),
+                ("ok/+".into(), SubOptions::default()),
+            ],
         }))
         .await;
         match c.recv().await {
@@ -298,13 +328,17 @@ async fn the_first_packet_must_be_connect_and_the_level_known() {
         );
         // 3.1.1: an empty client id needs clean session [MQTT-3.1.3-8].
         let mut c = Raw::open(addr, Version::V311).await;
-        let Packet::Connect(mut p) = connect_packet(Version::V311, "", 60, Properties::default()) else {
+        let Packet::Connect(mut p) = connect_packet(Version::V311, "", 60, Properties::default())
+        else {
             unreachable!()
         };
         p.clean_start = false;
         c.send(&Packet::Connect(p)).await;
         let got = c.closed().await;
-        assert!(matches!(&got[..], [Packet::ConnAck(a)] if a.code == 2), "{got:?}");
+        assert!(
+            matches!(&got[..], [Packet::ConnAck(a)] if a.code == 2),
+            "{got:?}"
+        );
     })
     .await;
     b.stop().await;
@@ -316,7 +350,8 @@ async fn keep_alive_silence_closes_the_connection_after_one_and_a_half_times() {
     with_bystander(&b, async |addr| {
         for v in [Version::V311, Version::V5] {
             let mut c = Raw::open(addr, v).await;
-            c.send(&connect_packet(v, "sleepy", 1, Properties::default())).await;
+            c.send(&connect_packet(v, "sleepy", 1, Properties::default()))
+                .await;
             assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
             let started = tokio::time::Instant::now();
             let got = c.closed().await;
@@ -329,8 +364,13 @@ async fn keep_alive_silence_closes_the_connection_after_one_and_a_half_times() {
         }
         // A client that pings stays.
         let mut c = Raw::open(addr, Version::V311).await;
-        c.send(&connect_packet(Version::V311, "pinger", 1, Properties::default()))
-            .await;
+        c.send(&connect_packet(
+            Version::V311,
+            "pinger",
+            1,
+            Properties::default(),
+        ))
+        .await;
         assert!(matches!(c.recv().await, Some(Packet::ConnAck(_))));
         for _ in 0..4 {
             tokio::time::sleep(Duration::from_millis(700)).await;
@@ -355,7 +395,8 @@ async fn outbound_topic_aliases_and_receive_maximum() {
     s.subscribe("al/#", QoS::AtLeastOnce).await;
     let (mut p, _) = Raw::connect(addr, Version::V311, "al-pub", Properties::default()).await;
     for i in 1..=4u16 {
-        p.send(&publish(b"al/topic", QoS::AtLeastOnce, i, b"m")).await;
+        p.send(&publish(b"al/topic", QoS::AtLeastOnce, i, b"m"))
+            .await;
         assert!(matches!(p.recv().await, Some(Packet::PubAck(_))));
     }
     let mut ids = vec![];
@@ -395,7 +436,8 @@ async fn a_repeated_qos2_publish_is_routed_once() {
     s.subscribe("q2/#", QoS::ExactlyOnce).await;
     let (mut p, ack) = Raw::connect(addr, Version::V5, "q2-pub", Properties::default()).await;
     assert_eq!(ack.properties.receive_maximum, Some(2));
-    p.send(&publish(b"q2/x", QoS::ExactlyOnce, 7, b"once")).await;
+    p.send(&publish(b"q2/x", QoS::ExactlyOnce, 7, b"once"))
+        .await;
     assert!(matches!(p.recv().await, Some(Packet::PubRec(a)) if a.packet_id == 7));
     let Packet::Publish(mut again) = publish(b"q2/x", QoS::ExactlyOnce, 7, b"once") else {
         unreachable!()
@@ -404,7 +446,9 @@ async fn a_repeated_qos2_publish_is_routed_once() {
     p.send(&Packet::Publish(again)).await;
     assert!(matches!(p.recv().await, Some(Packet::PubRec(a)) if a.packet_id == 7));
     p.send(&Packet::PubRel(Ack::new(7, 0))).await;
-    assert!(matches!(p.recv().await, Some(Packet::PubComp(a)) if a.packet_id == 7 && a.reason == 0));
+    assert!(
+        matches!(p.recv().await, Some(Packet::PubComp(a)) if a.packet_id == 7 && a.reason == 0)
+    );
     let Some(Packet::Publish(m)) = s.recv().await else {
         panic!()
     };
@@ -412,7 +456,10 @@ async fn a_repeated_qos2_publish_is_routed_once() {
     s.send(&Packet::PubRec(Ack::new(m.packet_id, 0))).await;
     assert!(matches!(s.recv().await, Some(Packet::PubRel(_))));
     s.send(&Packet::PubComp(Ack::new(m.packet_id, 0))).await;
-    assert!(s.recv_within(Duration::from_millis(300)).await.is_none(), "never twice");
+    assert!(
+        s.recv_within(Duration::from_millis(300)).await.is_none(),
+        "never twice"
+    );
     // More QoS 2 in flight than Receive Maximum: 0x93.
     for id in 1..=3 {
         p.send(&publish(b"q2/y", QoS::ExactlyOnce, id, b"x")).await;

@@ -295,9 +295,8 @@ pub fn decode_packet(
                     return Err(DecodeError::Malformed("empty topic filter [MQTT-4.7.3-1]"));
                 }
                 let o = r.u8()?;
-                let qos = QoS::from_bits(o & 3).ok_or(DecodeError::Malformed(
-                    "subscription QoS 3 [MQTT-3.8.3-4]",
-                ))?;
+                let qos = QoS::from_bits(o & 3)
+                    .ok_or(DecodeError::Malformed("subscription QoS 3 [MQTT-3.8.3-4]"))?;
                 let options = if v5 {
                     if o & 0xC0 != 0 {
                         return Err(DecodeError::Malformed(
@@ -461,8 +460,8 @@ fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
             "will QoS or retain set without a will [MQTT-3.1.2-11]",
         ));
     }
-    let will_qos = QoS::from_bits(will_qos)
-        .ok_or(DecodeError::Malformed("will QoS 3 [MQTT-3.1.2-12]"))?;
+    let will_qos =
+        QoS::from_bits(will_qos).ok_or(DecodeError::Malformed("will QoS 3 [MQTT-3.1.2-12]"))?;
     if !v5 && has_password && !has_username {
         return Err(DecodeError::Malformed(
             "password without a user name [MQTT-3.1.2-22]",
@@ -552,7 +551,11 @@ fn body_len(p: &Packet, version: Version) -> usize {
             let mut n = 2 + name + 1 + 1 + 2 + props_len(&c.properties, c.level == 5);
             n += 2 + c.client_id.len();
             if let Some(w) = &c.will {
-                n += props_len(&w.properties, c.level == 5) + 2 + w.topic.len() + 2 + w.payload.len();
+                n += props_len(&w.properties, c.level == 5)
+                    + 2
+                    + w.topic.len()
+                    + 2
+                    + w.payload.len();
             }
             if let Some(u) = &c.username {
                 n += 2 + u.len();

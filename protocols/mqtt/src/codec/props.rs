@@ -65,7 +65,10 @@ impl Context {
         use Context as C;
         use id::*;
         match p {
-            PAYLOAD_FORMAT_INDICATOR | MESSAGE_EXPIRY_INTERVAL | CONTENT_TYPE | RESPONSE_TOPIC
+            PAYLOAD_FORMAT_INDICATOR
+            | MESSAGE_EXPIRY_INTERVAL
+            | CONTENT_TYPE
+            | RESPONSE_TOPIC
             | CORRELATION_DATA => matches!(self, C::Publish | C::Will),
             SUBSCRIPTION_IDENTIFIER => matches!(self, C::Publish | C::Subscribe),
             SESSION_EXPIRY_INTERVAL => matches!(self, C::Connect | C::ConnAck | C::Disconnect),
@@ -163,9 +166,7 @@ impl Properties {
             let pid = r.varint()?;
             let pid = u8::try_from(pid).map_err(|_| DecodeError::Protocol("unknown property"))?;
             if !ctx.allows(pid) {
-                return Err(DecodeError::Protocol(
-                    "property not allowed in this packet",
-                ));
+                return Err(DecodeError::Protocol("property not allowed in this packet"));
             }
             match pid {
                 id::PAYLOAD_FORMAT_INDICATOR => once(
@@ -341,8 +342,16 @@ impl Properties {
                 put_binary(out, v);
             }
         };
-        u8p(out, id::PAYLOAD_FORMAT_INDICATOR, &self.payload_format_indicator);
-        u32p(out, id::MESSAGE_EXPIRY_INTERVAL, &self.message_expiry_interval);
+        u8p(
+            out,
+            id::PAYLOAD_FORMAT_INDICATOR,
+            &self.payload_format_indicator,
+        );
+        u32p(
+            out,
+            id::MESSAGE_EXPIRY_INTERVAL,
+            &self.message_expiry_interval,
+        );
         sp(out, id::CONTENT_TYPE, &self.content_type);
         sp(out, id::RESPONSE_TOPIC, &self.response_topic);
         bp(out, id::CORRELATION_DATA, &self.correlation_data);
@@ -350,7 +359,11 @@ impl Properties {
             out.put_u8(id::SUBSCRIPTION_IDENTIFIER);
             put_varint(out, *v as usize);
         }
-        u32p(out, id::SESSION_EXPIRY_INTERVAL, &self.session_expiry_interval);
+        u32p(
+            out,
+            id::SESSION_EXPIRY_INTERVAL,
+            &self.session_expiry_interval,
+        );
         sp(
             out,
             id::ASSIGNED_CLIENT_IDENTIFIER,
