@@ -182,7 +182,7 @@ struct Conn {
     session_expiry: u32,
     keep_alive: Duration,
     last_rx: Instant,
-    will: Option<codec::Will>,
+    will: Option<Box<codec::Will>>,
     /// Subscriptions by MQTT filter.
     subs: hashbrown::HashMap<Box<str>, SubEntry, Hasher>,
     /// Consumer → its subscription's filter (temporary and shared ones).
@@ -200,11 +200,29 @@ struct Conn {
 }
 
 /// Serves one connection from its first byte to its end.
+///
+/// The handshake and the end run in futures of their own, boxed, so the
+/// memory they need while awaiting is not held for the connection's life.
 pub(crate) async fn serve(
     conn: Connection,
     broker: Broker,
     cfg: Arc<MqttConfig>,
 ) -> Result<(), AdapterError> {
+    let Some((mut c, shutdown, claim)) = Box::pin(open(conn, broker, cfg)).await? else {
+        return Ok(());
+    };
+    let end = c.run(&shutdown, &claim).await;
+    Box::pin(c.finish(end, claim)).await
+}
+
+type Opened = (Box<Conn>, tokio_util::sync::CancellationToken, Claim);
+
+/// CONNECT to CONNACK: authentication, the client id, the session.
+async fn open(
+    conn: Connection,
+    broker: Broker,
+    cfg: Arc<MqttConfig>,
+) -> Result<Option<Opened>, AdapterError> {
     let Connection {
         id: conn_id,
         stream,
@@ -225,7 +243,7 @@ pub(crate) async fn serve(
     // CONNECT, within the handshake timeout [MQTT-3.1.0-1].
     let first = tokio::select! {
         biased;
-        () = shutdown.cancelled() => return Ok(()),
+        () = shutdown.cancelled() => return Ok(None),
         r = tokio::time::timeout(handshake, read_packet(&mut io, &mut decoder)) => match r {
             Err(_) => return Err(AdapterError::Timeout("no CONNECT within the handshake timeout")),
             Ok(r) => r,
@@ -233,7 +251,7 @@ pub(crate) async fn serve(
     };
     let connect = match first {
         Ok(Some(Packet::Connect(c))) => c,
-        Ok(Some(_)) | Ok(None) => return Ok(()),
+        Ok(Some(_)) | Ok(None) => return Ok(None),
         Err(DecodeError::UnsupportedVersion(level)) => {
             // [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1 form), then close.
             let code = if level == 5 {
@@ -480,7 +498,7 @@ pub(crate) async fn serve(
     } else {
         usize::MAX
     };
-    let mut c = Conn {
+    let mut c = Box::new(Conn {
         cfg: cfg.clone(),
         broker: broker.clone(),
         conn_id,
@@ -495,7 +513,7 @@ pub(crate) async fn serve(
         session_expiry,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_rx: Instant::now(),
-        will: connect.will.clone(),
+        will: connect.will.clone().map(Box::new),
         subs,
         by_consumer: Default::default(),
         out,
@@ -506,7 +524,7 @@ pub(crate) async fn serve(
         out_aliases: OutboundAliases::new(out_alias_max),
         client_max_packet,
         last_topic: None,
-    };
+    });
     // [MQTT-4.4.0-1]: PUBRELs of the resumed session go out again.
     for id in pubrel {
         c.out.inflight.insert(
@@ -520,9 +538,7 @@ pub(crate) async fn serve(
         c.write(&Packet::PubRel(Ack::new(id, 0)));
     }
     drop(connect);
-
-    let end = c.run(&shutdown, &claim).await;
-    c.finish(end, claim).await
+    Ok(Some((c, shutdown, claim)))
 }
 
 /// Reads until one packet is decoded (the CONNECT).
@@ -1279,7 +1295,7 @@ impl Conn {
     }
 
     /// After the loop: the will, the session's fate, the claim.
-    async fn finish(mut self, end: Close, claim: Claim) -> Result<(), AdapterError> {
+    async fn finish(mut self: Box<Self>, end: Close, claim: Claim) -> Result<(), AdapterError> {
         let _ = self.io.stream.shutdown().await;
         let (send_will, result) = match &end {
             Close::Client(code) => (*code == reason::DISCONNECT_WITH_WILL, Ok(())),
@@ -1305,6 +1321,7 @@ impl Conn {
             None
         };
         // Unacknowledged deliveries go back to their queues now.
+        let this = *self;
         let Conn {
             broker,
             session,
@@ -1315,7 +1332,7 @@ impl Conn {
             client_id,
             session_expiry,
             ..
-        } = self;
+        } = this;
         drop(session);
         let queue = match queue {
             Some(q) if session_expiry > 0 => q,
@@ -1405,5 +1422,33 @@ impl Conn {
             });
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The connection's task holds the serve future for its whole life:
+    /// the handshake and the end are boxed so they do not inflate it.
+    #[tokio::test]
+    async fn an_idle_connection_holds_little_state() {
+        let broker = Broker::new(switchyard_core::CoreConfig::new());
+        let (a, _b) = tokio::io::duplex(64);
+        let conn = Connection {
+            id: ConnId(1),
+            listener: "mqtt".into(),
+            peer: None,
+            local: None,
+            transport: switchyard_core::spi::Transport::Tcp,
+            stream: Box::new(a),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let f = serve(conn, broker.clone(), Arc::new(MqttConfig::default()));
+        let future = std::mem::size_of_val(&f);
+        let conn = std::mem::size_of::<Conn>();
+        assert!(future <= 1536, "serve future is {future} bytes");
+        assert!(conn <= 1536, "Conn is {conn} bytes");
     }
 }
