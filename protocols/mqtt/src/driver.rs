@@ -36,7 +36,7 @@ use switchyard_core::{
     Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, QueueOptions, Session,
     SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind,
 };
-use switchyard_model::{ConnId, ConsumerId, Headers, Message, Str, now_millis};
+use switchyard_model::{ConnId, ConsumerId, Headers, Message, Origin, Str, now_millis};
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
@@ -165,6 +165,43 @@ struct Waiting {
     sub_ids: SmallVec<[u32; 2]>,
 }
 
+/// The receiving side of a connection: the core session, subscriptions and
+/// the outgoing in-flight window.
+struct Subscriber {
+    session: Session,
+    /// The persistent session's queue, when the session is persistent.
+    queue: Option<Str>,
+    queue_consumer: Option<ConsumerId>,
+    /// Subscriptions by MQTT filter.
+    subs: hashbrown::HashMap<Box<str>, SubEntry, Hasher>,
+    /// Consumer → its subscription's filter (temporary and shared ones).
+    by_consumer: hashbrown::HashMap<ConsumerId, Box<str>, Hasher>,
+    out: Outbound,
+    waiting: VecDeque<Waiting>,
+    out_aliases: OutboundAliases,
+}
+
+impl Subscriber {
+    fn new(session: Session, out_alias_max: u16) -> Box<Subscriber> {
+        Box::new(Subscriber {
+            session,
+            queue: None,
+            queue_consumer: None,
+            subs: Default::default(),
+            by_consumer: Default::default(),
+            out: Outbound::default(),
+            waiting: VecDeque::new(),
+            out_aliases: OutboundAliases::new(out_alias_max),
+        })
+    }
+
+    fn ack(&self, source: Option<(ConsumerId, switchyard_model::DeliveryTag)>) {
+        if let Some((consumer, tag)) = source {
+            let _ = self.session.ack(consumer, tag, false);
+        }
+    }
+}
+
 /// Everything one connection holds after CONNECT.
 struct Conn {
     cfg: Arc<MqttConfig>,
@@ -174,25 +211,20 @@ struct Conn {
     v5: bool,
     io: Io,
     decoder: Decoder,
-    session: Session,
+    /// The receiving side, allocated when first needed (a subscription or
+    /// a persistent session): a connection that only publishes, or idles,
+    /// holds none.
+    sub: Option<Box<Subscriber>>,
     client_id: Str,
-    /// The persistent session's queue, when the session is persistent.
-    queue: Option<Str>,
-    queue_consumer: Option<ConsumerId>,
     session_expiry: u32,
     keep_alive: Duration,
     last_rx: Instant,
     will: Option<Box<codec::Will>>,
-    /// Subscriptions by MQTT filter.
-    subs: hashbrown::HashMap<Box<str>, SubEntry, Hasher>,
-    /// Consumer → its subscription's filter (temporary and shared ones).
-    by_consumer: hashbrown::HashMap<ConsumerId, Box<str>, Hasher>,
-    out: Outbound,
     window: usize,
-    waiting: VecDeque<Waiting>,
     qos2: Qos2Ids,
     in_aliases: InboundAliases,
-    out_aliases: OutboundAliases,
+    /// Topic aliases the client accepts (5.0).
+    out_alias_max: u16,
     /// The client's Maximum Packet Size.
     client_max_packet: usize,
     /// Last topic published and its address (publishers repeat topics).
@@ -363,22 +395,34 @@ async fn open(
         let _ = broker.delete_queue(&queue_name, false, false, None);
     }
 
-    let mut session = broker.session("mqtt", conn_id);
+    let mut sub: Option<Box<Subscriber>> = None;
+    let out_alias_max = if v5 {
+        connect
+            .properties
+            .topic_alias_maximum
+            .unwrap_or(0)
+            .min(cfg.max_outbound_topic_aliases)
+    } else {
+        0
+    };
     let persistent = session_expiry > 0;
     let mut session_present = false;
-    let mut queue_consumer = None;
     let client_window = if v5 {
         connect.properties.receive_maximum.unwrap_or(u16::MAX)
     } else {
         u16::MAX
     };
     let window = usize::from(client_window.min(cfg.max_inflight));
-    let mut subs: hashbrown::HashMap<Box<str>, SubEntry, Hasher> = Default::default();
-    let mut out = Outbound::default();
     let mut qos2 = Qos2Ids::default();
     let mut pubrel = Vec::new();
     if persistent {
         let existed = broker.queue_info(&queue_name).is_some();
+        let s = sub.insert(Subscriber::new(
+            broker.session("mqtt", conn_id),
+            out_alias_max,
+        ));
+        s.queue = Some(queue_name.clone());
+        let session = &mut s.session;
         let declared = session.declare_queue(DeclareQueue {
             name: Some(queue_name.clone()),
             options: QueueOptions {
@@ -398,7 +442,7 @@ async fn open(
             )
         });
         match consumed {
-            Ok(c) => queue_consumer = Some(c),
+            Ok(c) => s.queue_consumer = Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, queue = %queue_name, "cannot open the session queue");
                 connack_and_close(
@@ -412,11 +456,9 @@ async fn open(
         }
         if let Some(p) = resumed {
             session_present = true;
-            for (f, s) in p.subs {
-                subs.insert(f, s);
-            }
+            s.subs.extend(p.subs);
             qos2.extend(p.qos2);
-            out.reuse.extend(p.reuse);
+            s.out.reuse.extend(p.reuse);
             pubrel = p.pubrel;
         } else if existed && !connect.clean_start {
             // Only the queue survived (a broker restart): its bindings are
@@ -427,7 +469,7 @@ async fn open(
                     continue;
                 }
                 if let Ok(filter) = switchyard_model::AddressFilter::new(&key) {
-                    subs.insert(
+                    s.subs.insert(
                         topic::address_to_topic(&key).into_boxed_str(),
                         SubEntry {
                             filter,
@@ -481,15 +523,6 @@ async fn open(
         version,
         &mut io.wbuf,
     );
-    let out_alias_max = if v5 {
-        connect
-            .properties
-            .topic_alias_maximum
-            .unwrap_or(0)
-            .min(cfg.max_outbound_topic_aliases)
-    } else {
-        0
-    };
     let client_max_packet = if v5 {
         connect
             .properties
@@ -506,28 +539,25 @@ async fn open(
         v5,
         io,
         decoder,
-        session,
+        sub,
         client_id: client_id.clone(),
-        queue: persistent.then(|| queue_name.clone()),
-        queue_consumer,
         session_expiry,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_rx: Instant::now(),
         will: connect.will.clone().map(Box::new),
-        subs,
-        by_consumer: Default::default(),
-        out,
         window: window.max(1),
-        waiting: VecDeque::new(),
         qos2,
         in_aliases: InboundAliases::default(),
-        out_aliases: OutboundAliases::new(out_alias_max),
+        out_alias_max,
         client_max_packet,
         last_topic: None,
     });
     // [MQTT-4.4.0-1]: PUBRELs of the resumed session go out again.
     for id in pubrel {
-        c.out.inflight.insert(
+        let Some(s) = c.sub.as_deref_mut() else {
+            break;
+        };
+        s.out.inflight.insert(
             id,
             InFlight {
                 state: OutState::AwaitPubComp,
@@ -539,6 +569,28 @@ async fn open(
     }
     drop(connect);
     Ok(Some((c, shutdown, claim)))
+}
+
+/// The session's next delivery (never, without a session), with the
+/// handle to take more.
+async fn next_delivery(
+    d: Option<&switchyard_core::Deliveries>,
+) -> Option<(Delivery, &switchyard_core::Deliveries)> {
+    match d {
+        Some(d) => d.recv().await.map(|x| (x, d)),
+        None => std::future::pending().await,
+    }
+}
+
+/// The session's events once some are waiting (never, without a session).
+async fn events_ready(d: Option<&switchyard_core::Deliveries>) -> Option<Vec<SessionEvent>> {
+    match d {
+        Some(d) => {
+            d.event_ready().await;
+            Some(d.take_events())
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Reads until one packet is decoded (the CONNECT).
@@ -618,7 +670,6 @@ impl Conn {
         shutdown: &tokio_util::sync::CancellationToken,
         claim: &Claim,
     ) -> Close {
-        let deliveries = self.session.deliveries();
         let ka = self.keep_alive;
         let grace = ka + ka / 2;
         let timer = tokio::time::sleep(if ka.is_zero() {
@@ -640,6 +691,8 @@ impl Conn {
             return e;
         }
         loop {
+            let deliveries = self.sub.as_ref().map(|s| s.session.deliveries());
+            let room = self.sub.as_ref().is_none_or(|s| s.waiting.is_empty());
             let turn: Result<(), Close> = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -652,16 +705,19 @@ impl Conn {
                     let _ = self.io.flush().await;
                     return Close::TakenOver;
                 }
-                () = deliveries.event_ready() => {
-                    self.on_events(&deliveries);
+                Some(events) = events_ready(deliveries.as_ref()) => {
+                    self.on_events(events);
                     Ok(())
                 }
-                d = deliveries.recv(), if self.waiting.is_empty() => match d {
+                d = next_delivery(deliveries.as_ref()), if room => match d {
                     None => Err(Close::protocol(reason::UNSPECIFIED, "session closed")),
-                    Some(d) => {
+                    Some((d, all)) => {
                         let mut r = self.on_delivery(d);
-                        while r.is_ok() && self.waiting.is_empty() && self.io.wbuf.len() < FLUSH_AT {
-                            let Some(d) = deliveries.try_recv() else { break };
+                        while r.is_ok()
+                            && self.sub.as_ref().is_none_or(|s| s.waiting.is_empty())
+                            && self.io.wbuf.len() < FLUSH_AT
+                        {
+                            let Some(d) = all.try_recv() else { break };
                             r = self.on_delivery(d);
                         }
                         r
@@ -724,22 +780,29 @@ impl Conn {
         match p {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubAck(a) => {
-                if let Some(f) = self.out.inflight.get(&a.packet_id)
+                if let Some(s) = self.sub.as_deref_mut()
+                    && let Some(f) = s.out.inflight.get(&a.packet_id)
                     && f.state == OutState::AwaitPubAck
                 {
                     let f = *f;
-                    self.out.inflight.remove(&a.packet_id);
-                    self.ack_source(f.source);
+                    s.out.inflight.remove(&a.packet_id);
+                    s.ack(f.source);
                     self.drain_waiting();
                 }
                 Ok(())
             }
             Packet::PubRec(a) => {
-                match self.out.inflight.get_mut(&a.packet_id) {
+                let state = self
+                    .sub
+                    .as_deref_mut()
+                    .and_then(|s| s.out.inflight.get_mut(&a.packet_id));
+                match state {
                     Some(f) if f.state == OutState::AwaitPubRec => {
                         let source = f.source.take();
                         if a.reason >= 0x80 {
-                            self.out.inflight.remove(&a.packet_id);
+                            if let Some(s) = self.sub.as_deref_mut() {
+                                s.out.inflight.remove(&a.packet_id);
+                            }
                         } else {
                             f.state = OutState::AwaitPubComp;
                             self.write(&Packet::PubRel(Ack::new(a.packet_id, 0)));
@@ -762,13 +825,13 @@ impl Conn {
                 Ok(())
             }
             Packet::PubComp(a) => {
-                if self
-                    .out
-                    .inflight
-                    .get(&a.packet_id)
-                    .is_some_and(|f| f.state == OutState::AwaitPubComp)
+                if let Some(s) = self.sub.as_deref_mut()
+                    && s.out
+                        .inflight
+                        .get(&a.packet_id)
+                        .is_some_and(|f| f.state == OutState::AwaitPubComp)
                 {
-                    self.out.inflight.remove(&a.packet_id);
+                    s.out.inflight.remove(&a.packet_id);
                     self.drain_waiting();
                 }
                 Ok(())
@@ -821,9 +884,16 @@ impl Conn {
     }
 
     fn ack_source(&self, source: Option<(ConsumerId, switchyard_model::DeliveryTag)>) {
-        if let Some((consumer, tag)) = source {
-            let _ = self.session.ack(consumer, tag, false);
+        if let Some(s) = &self.sub {
+            s.ack(source);
         }
+    }
+
+    /// The receiving side, opened on first use.
+    fn sub(&mut self) -> &mut Subscriber {
+        let (broker, id, aliases) = (&self.broker, self.conn_id, self.out_alias_max);
+        self.sub
+            .get_or_insert_with(|| Subscriber::new(broker.session("mqtt", id), aliases))
     }
 
     /// The answer to a QoS 1/2 publication that is not routed.
@@ -891,7 +961,12 @@ impl Conn {
                 }
             }
         }
-        match self.session.publish(msg) {
+        let mut msg = msg;
+        msg.origin = Origin {
+            protocol: "mqtt",
+            conn: self.conn_id,
+        };
+        match self.broker.publish(msg) {
             Ok(published) => {
                 if published.completion.is_some() {
                     // The journal (issue 8) confirms after fsync; until it
@@ -1012,7 +1087,8 @@ impl Conn {
             Err(_) => return Ok(reason::TOPIC_FILTER_INVALID),
         };
         let granted = opts.qos.bits();
-        if let Some(existing) = self.subs.get_mut(mqtt_filter) {
+        let sub = self.sub();
+        if let Some(existing) = sub.subs.get_mut(mqtt_filter) {
             // [MQTT-3.8.4-3]: replace the options, keep the subscription.
             existing.options = opts;
             existing.id = sub_id;
@@ -1022,7 +1098,7 @@ impl Conn {
             return Ok(granted);
         }
         let consumer = if let Some((group, _)) = shared {
-            self.session
+            sub.session
                 .subscribe(CoreSubscribe {
                     filter: filter.clone(),
                     kind: SubscriptionKind::Shared(Str::from(group)),
@@ -1030,12 +1106,12 @@ impl Conn {
                     consume: ConsumeOptions::default(),
                 })
                 .map(Some)
-        } else if let Some(q) = &self.queue {
-            self.session
+        } else if let Some(q) = &sub.queue {
+            sub.session
                 .bind_queue(q, "amq.topic", filter.as_str(), &Headers::new())
                 .map(|()| None)
         } else {
-            self.session
+            sub.session
                 .subscribe(CoreSubscribe {
                     filter: filter.clone(),
                     kind: SubscriptionKind::Temporary,
@@ -1060,13 +1136,13 @@ impl Conn {
         };
         let key: Box<str> = mqtt_filter.into();
         if let Some(c) = consumer {
-            self.by_consumer.insert(c, key.clone());
+            sub.by_consumer.insert(c, key.clone());
         }
         // Shared subscriptions get no retained messages (section 4.8.2).
         if shared.is_none() && opts.retain_handling < 2 {
             retained.push((filter.clone(), opts.qos, sub_id));
         }
-        self.subs.insert(
+        sub.subs.insert(
             key,
             SubEntry {
                 filter,
@@ -1082,17 +1158,21 @@ impl Conn {
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
-            let code = match self.subs.remove(f.as_str()) {
+            let removed = self
+                .sub
+                .as_deref_mut()
+                .and_then(|sub| sub.subs.remove(f.as_str()).map(|s| (sub, s)));
+            let code = match removed {
                 None => reason::NO_SUBSCRIPTION_EXISTED,
-                Some(s) => {
+                Some((sub, s)) => {
                     match s.consumer {
                         Some(c) => {
-                            self.by_consumer.remove(&c);
-                            let _ = self.session.cancel(c);
+                            sub.by_consumer.remove(&c);
+                            let _ = sub.session.cancel(c);
                         }
                         None => {
-                            if let Some(q) = &self.queue {
-                                let _ = self.session.unbind_queue(
+                            if let Some(q) = &sub.queue {
+                                let _ = sub.session.unbind_queue(
                                     q,
                                     "amq.topic",
                                     s.filter.as_str(),
@@ -1114,16 +1194,19 @@ impl Conn {
         Ok(())
     }
 
-    fn on_events(&mut self, deliveries: &switchyard_core::Deliveries) {
-        for e in deliveries.take_events() {
+    fn on_events(&mut self, events: Vec<SessionEvent>) {
+        let Some(sub) = self.sub.as_deref_mut() else {
+            return;
+        };
+        for e in events {
             match e {
                 SessionEvent::ConsumerCancelled(c) => {
-                    if let Some(f) = self.by_consumer.remove(&c) {
-                        self.subs.remove(&f);
+                    if let Some(f) = sub.by_consumer.remove(&c) {
+                        sub.subs.remove(&f);
                     }
-                    if self.queue_consumer == Some(c) {
+                    if sub.queue_consumer == Some(c) {
                         tracing::warn!("the session queue was deleted");
-                        self.queue_consumer = None;
+                        sub.queue_consumer = None;
                     }
                 }
                 SessionEvent::Overflowed(_) => {}
@@ -1132,8 +1215,11 @@ impl Conn {
     }
 
     fn on_delivery(&mut self, d: Delivery) -> Result<(), Close> {
+        let Some(sub) = self.sub.as_deref() else {
+            return Ok(());
+        };
         let source = (d.consumer, d.tag);
-        let manual = Some(d.consumer) == self.queue_consumer;
+        let manual = Some(d.consumer) == sub.queue_consumer;
         let mut ids: SmallVec<[u32; 2]> = SmallVec::new();
         let granted;
         let rap;
@@ -1142,7 +1228,7 @@ impl Conn {
             let own = d.message.origin.conn == self.conn_id;
             let mut best: Option<QoS> = None;
             let mut r = false;
-            for s in self.subs.values() {
+            for s in sub.subs.values() {
                 if s.shared || !topic::matches(&s.filter, &d.message.address) {
                     continue;
                 }
@@ -1156,16 +1242,16 @@ impl Conn {
                 }
             }
             let Some(b) = best else {
-                self.ack_source(Some(source));
+                sub.ack(Some(source));
                 return Ok(());
             };
             granted = b;
             rap = r;
         } else {
-            let Some(s) = self
+            let Some(s) = sub
                 .by_consumer
                 .get(&d.consumer)
-                .and_then(|f| self.subs.get(f))
+                .and_then(|f| sub.subs.get(f))
             else {
                 return Ok(());
             };
@@ -1198,8 +1284,12 @@ impl Conn {
         source: Option<(ConsumerId, switchyard_model::DeliveryTag)>,
         sub_ids: SmallVec<[u32; 2]>,
     ) {
-        if qos != QoS::AtMostOnce && (self.out.len() >= self.window || !self.waiting.is_empty()) {
-            self.waiting.push_back(Waiting {
+        let window = self.window;
+        let Some(sub) = self.sub.as_deref_mut() else {
+            return;
+        };
+        if qos != QoS::AtMostOnce && (sub.out.len() >= window || !sub.waiting.is_empty()) {
+            sub.waiting.push_back(Waiting {
                 msg,
                 qos,
                 retain,
@@ -1221,25 +1311,35 @@ impl Conn {
         source: Option<(ConsumerId, switchyard_model::DeliveryTag)>,
         sub_ids: &[u32],
     ) {
+        let Conn {
+            sub,
+            io,
+            v5,
+            client_max_packet,
+            ..
+        } = self;
+        let Some(sub) = sub.as_deref_mut() else {
+            return;
+        };
         let now = now_millis();
         // Expired, or an address (from another protocol) that is no valid
         // MQTT topic name: `%` (the empty topic) or `+`/`#` in a word.
         if msg.is_expired(now) || &*msg.address == "%" || msg.address.contains(['+', '#']) {
-            self.ack_source(source);
+            sub.ack(source);
             return;
         }
         let packet_id = if qos == QoS::AtMostOnce {
             0
         } else {
-            match self.out.allocate(msg.id) {
+            match sub.out.allocate(msg.id) {
                 Some(id) => id,
                 None => {
-                    self.ack_source(source);
+                    sub.ack(source);
                     return;
                 }
             }
         };
-        let alias = match self.out_aliases.lookup(&msg.address) {
+        let alias = match sub.out_aliases.lookup(&msg.address) {
             None => Alias::None,
             Some((a, true)) => Alias::Use(a),
             Some((a, false)) => Alias::Set(a),
@@ -1254,23 +1354,23 @@ impl Conn {
             sub_ids,
             now,
         };
-        if mapping::publish_len(&o, self.v5).2 > self.client_max_packet {
+        if mapping::publish_len(&o, *v5).2 > *client_max_packet {
             // [MQTT-3.1.2-25]: too large for the client; dropped as if sent.
             o.alias = Alias::None;
-            if mapping::publish_len(&o, self.v5).2 > self.client_max_packet {
+            if mapping::publish_len(&o, *v5).2 > *client_max_packet {
                 tracing::debug!(
                     size = msg.body.len(),
                     "message larger than the client accepts; dropped"
                 );
-                self.ack_source(source);
+                sub.ack(source);
                 return;
             }
         }
-        mapping::write_publish(&mut self.io.wbuf, &o, self.v5);
+        mapping::write_publish(&mut io.wbuf, &o, *v5);
         if qos == QoS::AtMostOnce {
-            self.ack_source(source);
+            sub.ack(source);
         } else {
-            self.out.inflight.insert(
+            sub.out.inflight.insert(
                 packet_id,
                 InFlight {
                     state: if qos == QoS::AtLeastOnce {
@@ -1286,9 +1386,16 @@ impl Conn {
     }
 
     fn drain_waiting(&mut self) {
-        while self.out.len() < self.window {
-            let Some(w) = self.waiting.pop_front() else {
-                break;
+        loop {
+            let window = self.window;
+            let Some(sub) = self.sub.as_deref_mut() else {
+                return;
+            };
+            if sub.out.len() >= window {
+                return;
+            }
+            let Some(w) = sub.waiting.pop_front() else {
+                return;
             };
             self.send_now(w.msg, w.qos, w.retain, w.dup, w.source, &w.sub_ids);
         }
@@ -1324,16 +1431,26 @@ impl Conn {
         let this = *self;
         let Conn {
             broker,
-            session,
-            queue,
-            subs,
-            out,
+            sub,
             qos2,
             client_id,
             session_expiry,
             ..
         } = this;
-        drop(session);
+        let (queue, subs, out) = match sub {
+            Some(s) => {
+                let Subscriber {
+                    session,
+                    queue,
+                    subs,
+                    out,
+                    ..
+                } = *s;
+                drop(session);
+                (queue, subs, out)
+            }
+            None => (None, Default::default(), Outbound::default()),
+        };
         let queue = match queue {
             Some(q) if session_expiry > 0 => q,
             other => {
@@ -1445,10 +1562,25 @@ mod tests {
             stream: Box::new(a),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
+        let (a2, _b2) = tokio::io::duplex(64);
+        let conn2 = Connection {
+            id: ConnId(3),
+            listener: "mqtt".into(),
+            peer: None,
+            local: None,
+            transport: switchyard_core::spi::Transport::Tcp,
+            stream: Box::new(a2),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let o = open(conn2, broker.clone(), Arc::new(MqttConfig::default()));
+        assert!(
+            std::mem::size_of_val(&o) <= 4096,
+            "boxed, freed after CONNACK"
+        );
         let f = serve(conn, broker.clone(), Arc::new(MqttConfig::default()));
         let future = std::mem::size_of_val(&f);
         let conn = std::mem::size_of::<Conn>();
         assert!(future <= 1536, "serve future is {future} bytes");
-        assert!(conn <= 1536, "Conn is {conn} bytes");
+        assert!(conn <= 512, "Conn is {conn} bytes");
     }
 }
