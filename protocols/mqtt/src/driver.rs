@@ -14,7 +14,7 @@
 use crate::auth::{self, Credentials};
 use crate::codec::{
     self, Ack, ConnAck, DecodeError, Decoder, Disconnect, Packet, Properties, Publish, QoS, SubAck,
-    SubOptions, Subscribe, UnsubAck, Unsubscribe, Version, reason,
+    SubOptions, Subscribe, UnsubAck, Unsubscribe, Version, kind, reason,
 };
 use crate::config::MqttConfig;
 use crate::mapping::{self, Alias, Outgoing};
@@ -649,6 +649,10 @@ impl Conn {
         codec::encode(p, self.version, &mut self.io.wbuf);
     }
 
+    fn ack_packet(&mut self, ack_kind: u8, packet_id: u16, reason: u8) {
+        codec::encode_ack(&mut self.io.wbuf, ack_kind, packet_id, reason, self.version);
+    }
+
     /// A 5.0 DISCONNECT with a reason code and, as a Reason String, why
     /// (allowed on DISCONNECT whatever Request Problem Information says; it
     /// also lets clients that only read the reason code when properties
@@ -805,13 +809,13 @@ impl Conn {
                             }
                         } else {
                             f.state = OutState::AwaitPubComp;
-                            self.write(&Packet::PubRel(Ack::new(a.packet_id, 0)));
+                            self.ack_packet(kind::PUBREL, a.packet_id, 0);
                         }
                         self.ack_source(source);
                         self.drain_waiting();
                     }
                     Some(f) if f.state == OutState::AwaitPubComp => {
-                        self.write(&Packet::PubRel(Ack::new(a.packet_id, 0)));
+                        self.ack_packet(kind::PUBREL, a.packet_id, 0);
                     }
                     _ => {
                         let code = if self.v5 {
@@ -819,7 +823,7 @@ impl Conn {
                         } else {
                             0
                         };
-                        self.write(&Packet::PubRel(Ack::new(a.packet_id, code)));
+                        self.ack_packet(kind::PUBREL, a.packet_id, code);
                     }
                 }
                 Ok(())
@@ -843,7 +847,7 @@ impl Conn {
                 } else {
                     reason::PACKET_ID_NOT_FOUND
                 };
-                self.write(&Packet::PubComp(Ack::new(a.packet_id, code)));
+                self.ack_packet(kind::PUBCOMP, a.packet_id, code);
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(s),
@@ -901,12 +905,12 @@ impl Conn {
         let code = if self.v5 { code } else { 0 };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write(&Packet::PubAck(Ack::new(p.packet_id, code))),
+            QoS::AtLeastOnce => self.ack_packet(kind::PUBACK, p.packet_id, code),
             QoS::ExactlyOnce => {
                 if code < 0x80 {
                     self.qos2.insert(p.packet_id);
                 }
-                self.write(&Packet::PubRec(Ack::new(p.packet_id, code)));
+                self.ack_packet(kind::PUBREC, p.packet_id, code);
             }
         }
     }
@@ -914,7 +918,7 @@ impl Conn {
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         if p.qos == QoS::ExactlyOnce && self.qos2.contains(&p.packet_id) {
             // Sent again before PUBREL: routed already, never twice.
-            self.write(&Packet::PubRec(Ack::new(p.packet_id, 0)));
+            self.ack_packet(kind::PUBREC, p.packet_id, 0);
             return Ok(());
         }
         if p.qos == QoS::ExactlyOnce && self.qos2.len() >= usize::from(self.cfg.receive_maximum) {

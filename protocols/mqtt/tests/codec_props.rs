@@ -492,3 +492,24 @@ fn property_rules_are_enforced() {
     let mut buf = BytesMut::from(&[0x80u8, 6, 0, 1, 0, 1, b'a', 0][..]);
     assert!(matches!(d.decode(&mut buf), Err(DecodeError::Malformed(_))));
 }
+
+proptest! {
+    #[test]
+    fn the_ack_fast_path_writes_what_encode_writes(
+        v in version(), k in 4u8..=7, id in 1u16.., reason in any::<u8>()
+    ) {
+        let reason = if v == Version::V5 { reason } else { 0 };
+        let ack = Ack::new(id, reason);
+        let p = match k {
+            4 => Packet::PubAck(ack),
+            5 => Packet::PubRec(ack),
+            6 => Packet::PubRel(ack),
+            _ => Packet::PubComp(ack),
+        };
+        let mut a = BytesMut::new();
+        codec::encode(&p, v, &mut a);
+        let mut b = BytesMut::new();
+        codec::encode_ack(&mut b, k, id, reason, v);
+        prop_assert_eq!(a, b);
+    }
+}

@@ -522,6 +522,24 @@ pub fn put_header(out: &mut BytesMut, first: u8, remaining: usize) {
     put_varint(out, remaining);
 }
 
+/// Writes PUBACK, PUBREC, PUBREL or PUBCOMP (`kind`) without properties:
+/// the per-message acknowledgement path, with nothing to allocate or size.
+/// A 5.0 success omits the reason code (remaining length 2).
+#[inline]
+pub fn encode_ack(out: &mut BytesMut, ack_kind: u8, packet_id: u16, reason: u8, version: Version) {
+    let first = (ack_kind << 4) | if ack_kind == kind::PUBREL { 2 } else { 0 };
+    out.reserve(5);
+    out.put_u8(first);
+    if version.is_v5() && reason != 0 {
+        out.put_u8(3);
+        out.put_u16(packet_id);
+        out.put_u8(reason);
+    } else {
+        out.put_u8(2);
+        out.put_u16(packet_id);
+    }
+}
+
 /// Size of an acknowledgement's body (PUBACK..PUBCOMP).
 fn ack_len(a: &Ack, v5: bool) -> usize {
     if !v5 || (a.reason == 0 && a.properties.is_empty()) {

@@ -154,7 +154,7 @@ fn flag(v: u8, what: &'static str) -> Result<u8, DecodeError> {
 impl Properties {
     /// True when no property is set.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        self.len() == 0
     }
 
     /// Reads a property list (length prefix included) for `ctx`.
