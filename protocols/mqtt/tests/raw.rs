@@ -468,3 +468,67 @@ async fn a_repeated_qos2_publish_is_routed_once() {
     assert_eq!(disconnect_reason(&got), Some(0x93));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn server_keep_alive_and_will_properties_v5() {
+    let b = TestBroker::start_with(|c| {
+        c.listener_mut("mqtt")
+            .unwrap()
+            .options
+            .insert("max_keep_alive".into(), "10s".into());
+    })
+    .await;
+    let addr = b.addr("mqtt");
+    // Keep alive 0 (none) or over the maximum: the server's is imposed.
+    let mut c = Raw::open(addr, Version::V5).await;
+    c.send(&connect_packet(
+        Version::V5,
+        "ska",
+        0,
+        Properties::default(),
+    ))
+    .await;
+    let Some(Packet::ConnAck(ack)) = c.recv().await else {
+        panic!()
+    };
+    assert_eq!(ack.properties.server_keep_alive, Some(10));
+
+    let (mut watcher, _) =
+        Raw::connect(addr, Version::V5, "will-watch", Properties::default()).await;
+    watcher.subscribe("wp/#", QoS::AtLeastOnce).await;
+    let mut d = Raw::open(addr, Version::V5).await;
+    let Packet::Connect(mut p) =
+        connect_packet(Version::V5, "will-props", 60, Properties::default())
+    else {
+        unreachable!()
+    };
+    p.will = Some(codec::Will {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "wp/x".into(),
+        payload: Bytes::from_static(b"{\"gone\":true}"),
+        properties: Properties {
+            content_type: Some("application/json".into()),
+            user_properties: vec![("why".into(), "test".into())],
+            correlation_data: Some(Bytes::from_static(b"c")),
+            ..Default::default()
+        },
+    });
+    d.send(&Packet::Connect(p)).await;
+    assert!(matches!(d.recv().await, Some(Packet::ConnAck(_))));
+    drop(d);
+    let Some(Packet::Publish(m)) = watcher.recv().await else {
+        panic!("no will")
+    };
+    assert_eq!(&m.payload[..], b"{\"gone\":true}");
+    assert_eq!(
+        m.properties.content_type.as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        m.properties.user_properties,
+        vec![("why".into(), "test".into())]
+    );
+    assert_eq!(m.properties.correlation_data.as_deref(), Some(&b"c"[..]));
+    b.stop().await;
+}
