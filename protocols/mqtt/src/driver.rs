@@ -236,7 +236,7 @@ struct Conn {
 /// The handshake and the end run in futures of their own, boxed, so the
 /// memory they need while awaiting is not held for the connection's life.
 pub(crate) async fn serve(
-    conn: Connection,
+    conn: Box<Connection>,
     broker: Broker,
     cfg: Arc<MqttConfig>,
 ) -> Result<(), AdapterError> {
@@ -251,7 +251,7 @@ type Opened = (Box<Conn>, tokio_util::sync::CancellationToken, Claim);
 
 /// CONNECT to CONNACK: authentication, the client id, the session.
 async fn open(
-    conn: Connection,
+    conn: Box<Connection>,
     broker: Broker,
     cfg: Arc<MqttConfig>,
 ) -> Result<Option<Opened>, AdapterError> {
@@ -261,7 +261,7 @@ async fn open(
         shutdown,
         peer,
         ..
-    } = conn;
+    } = *conn;
     let mut io = Io {
         stream,
         rbuf: BytesMut::new(),
@@ -1576,12 +1576,20 @@ mod tests {
             stream: Box::new(a2),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
-        let o = open(conn2, broker.clone(), Arc::new(MqttConfig::default()));
+        let o = open(
+            Box::new(conn2),
+            broker.clone(),
+            Arc::new(MqttConfig::default()),
+        );
         assert!(
             std::mem::size_of_val(&o) <= 4096,
             "boxed, freed after CONNACK"
         );
-        let f = serve(conn, broker.clone(), Arc::new(MqttConfig::default()));
+        let f = serve(
+            Box::new(conn),
+            broker.clone(),
+            Arc::new(MqttConfig::default()),
+        );
         let future = std::mem::size_of_val(&f);
         let conn = std::mem::size_of::<Conn>();
         assert!(future <= 1536, "serve future is {future} bytes");

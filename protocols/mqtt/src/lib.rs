@@ -66,6 +66,6 @@ impl ProtocolAdapter for MqttAdapter {
     }
 
     async fn serve(&self, conn: Connection, broker: Broker) -> Result<(), AdapterError> {
-        driver::serve(conn, broker, self.config.clone()).await
+        driver::serve(Box::new(conn), broker, self.config.clone()).await
     }
 }

@@ -3,7 +3,7 @@
 //! a regression guard.
 //!
 //! The target is 2 KiB of broker memory per idle connection. Measured here
-//! (release): about 3.1 KiB including this test's own client-side socket
+//! (release): about 3.0 KiB including this test's own client-side socket
 //! (~0.25 KiB). Broker side, roughly: the server's task (~0.5 KiB), the
 //! socket's registration (~0.25 KiB) and shutdown token (~0.1 KiB); the
 //! adapter's boxed serve future (~1.1 KiB, mostly the `select!` state:
