@@ -405,7 +405,9 @@ async fn open(
     } else {
         0
     };
-    let persistent = session_expiry > 0;
+    // A resumed session is used even when this connection asks for expiry
+    // 0: it ends when this connection does.
+    let persistent = session_expiry > 0 || resumed.is_some();
     let mut session_present = false;
     let client_window = if v5 {
         connect.properties.receive_maximum.unwrap_or(u16::MAX)
@@ -485,12 +487,6 @@ async fn open(
                 }
             }
         }
-    } else if let Some(p) = resumed {
-        // Persistent before, not now: the old session ends.
-        if let Some(w) = p.will {
-            publish_will(&broker, w);
-        }
-        let _ = broker.delete_queue(&p.queue, false, false, None);
     }
 
     // Keep alive, capped by the server's maximum (5.0 tells the client).
@@ -1409,7 +1405,9 @@ impl Conn {
     async fn finish(mut self: Box<Self>, end: Close, claim: Claim) -> Result<(), AdapterError> {
         let _ = self.io.stream.shutdown().await;
         let (send_will, result) = match &end {
-            Close::Client(code) => (*code == reason::DISCONNECT_WITH_WILL, Ok(())),
+            // Only DISCONNECT 0x00 deletes the will [MQTT-3.1.2-10]; 0x04
+            // asks for it, any other reason is not a normal disconnection.
+            Close::Client(code) => (*code != reason::SUCCESS, Ok(())),
             Close::Shutdown => (false, Ok(())),
             Close::TakenOver => (true, Ok(())),
             Close::Gone(None) => (true, Ok(())),

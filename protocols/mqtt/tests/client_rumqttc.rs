@@ -1158,3 +1158,41 @@ async fn mqtt_over_websocket_works_like_tcp() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_session_resumed_with_expiry_zero_ends_with_that_connection() {
+    let b = TestBroker::start().await;
+    let mut o = opts5(&b, "resume-zero");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(60));
+    let mut c = start5(o).await;
+    c.sub("rz/#", v5::QoS::AtLeastOnce).await;
+    c.client.disconnect().await.unwrap();
+    let _ = c.closed().await;
+    let mut p = c5(&b, "rz-pub").await;
+    p.pub_props(
+        "rz/1",
+        v5::QoS::AtLeastOnce,
+        false,
+        b"kept",
+        Default::default(),
+    )
+    .await;
+    let mut o = opts5(&b, "resume-zero");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(None);
+    let mut back = start5(o).await;
+    assert!(back.connack.session_present, "clean start 0 resumes it");
+    assert_eq!(&back.publish_msg(WAIT).await.unwrap().payload[..], b"kept");
+    back.client.disconnect().await.unwrap();
+    let _ = back.closed().await;
+    assert!(
+        switchyard_testkit::eventually(Duration::from_secs(5), || b
+            .broker()
+            .queue_info("$mqtt.session.resume-zero")
+            .is_none())
+        .await,
+        "expiry 0: the session ended with the connection"
+    );
+    b.stop().await;
+}
