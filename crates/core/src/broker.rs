@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     /// reserves the next block (`u64::MAX` without a journal).
     id_limit: AtomicU64,
     id_lock: Mutex<()>,
+    pub(crate) retained: crate::retained::RetainedStore,
+    pub(crate) clients: Arc<crate::clients::Registry>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -219,6 +221,8 @@ impl Broker {
                 store,
                 next_store_queue: AtomicU64::new(0),
                 id_lock: Mutex::new(()),
+                retained: Default::default(),
+                clients: Default::default(),
             }),
         }
     }

@@ -28,20 +28,29 @@
 //!   with RabbitMQ-style `x-death` headers.
 //! * A [`Transaction`] is applied all or nothing.
 //!
+//! Two small facilities shared by every listener of a broker: a
+//! retained-message store ([`Broker::retain`], [`Broker::retained`]: the last
+//! message per address) and a client registry ([`Broker::clients`]:
+//! exclusive claims on client ids, evicting the previous holder and handing
+//! its parked state to the next).
+//!
 //! The core never names a protocol.
 
 mod broker;
+mod clients;
 pub mod config;
 mod error;
 mod exchange;
 mod outbox;
 mod queue;
 mod recovery;
+mod retained;
 mod session;
 pub mod spi;
 mod store;
 
 pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
+pub use clients::{Claim, ClientRegistry, ParkTicket, Parked};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
 pub use error::{CoreError, CoreResult};
 pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
