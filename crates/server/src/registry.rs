@@ -47,13 +47,32 @@ impl std::fmt::Debug for Protocol {
 }
 
 /// Every protocol, with its standard port.
-pub static PROTOCOLS: &[Protocol] = &[Protocol {
-    name: "http",
-    default_port: 8080,
-    websocket: None,
-    check_options: no_options,
-    build: |_| Ok(Service::Http),
-}];
+pub static PROTOCOLS: &[Protocol] = &[
+    Protocol {
+        name: "http",
+        default_port: 8080,
+        websocket: None,
+        check_options: no_options,
+        build: |_| Ok(Service::Http),
+    },
+    Protocol {
+        name: "stomp",
+        default_port: 61613,
+        websocket: Some(WsRoute {
+            path: "/stomp",
+            subprotocols: &["v12.stomp", "v11.stomp", "v10.stomp"],
+            frames: crate::ws::FrameKind::TextIfUtf8,
+        }),
+        check_options: |path, opts| options::<switchyard_stomp::StompConfig>(path, opts).map(drop),
+        build: |l| {
+            let path = format!("listeners.{}", l.name);
+            let config = options::<switchyard_stomp::StompConfig>(&path, &l.options)?;
+            Ok(Service::Stream(Arc::new(
+                switchyard_stomp::StompAdapter::new(config),
+            )))
+        },
+    },
+];
 
 pub fn protocol(name: &str) -> Option<&'static Protocol> {
     PROTOCOLS.iter().find(|p| p.name == name)
