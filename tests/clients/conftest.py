@@ -39,6 +39,10 @@ class Broker:
     def __init__(self, data_dir, extra_env=None, args=()):
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
+        # The harness's own variables share the broker's SWITCHYARD_ prefix;
+        # the broker would read them as (unknown) configuration keys.
+        env.pop("SWITCHYARD_BIN", None)
+        env.pop("SWITCHYARD_TEST_ECHO", None)
         env["SWITCHYARD_LOG__FORMAT"] = "json"
         env["SWITCHYARD_LOG__LEVEL"] = "info"
         env["SWITCHYARD_SERVER__DATA_DIR"] = str(data_dir)
