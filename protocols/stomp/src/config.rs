@@ -58,8 +58,8 @@ pub struct StompConfig {
     /// Most transactions (BEGIN without COMMIT/ABORT) one connection may
     /// have open.
     pub max_transactions: usize,
-    /// Most bytes of message bodies one connection may hold in open
-    /// transactions.
+    /// Most bytes one connection may hold in open transactions (messages,
+    /// and 64 bytes per ACK/NACK).
     pub max_transaction_size: Size,
 }
 
@@ -96,8 +96,65 @@ impl StompConfig {
         }
     }
 
-    /// The time a client that heart-beats every `interval` may stay silent.
+    /// The time a client that heart-beats every `interval` may stay silent:
+    /// the interval plus `heart_beat_grace`, and at least 1.5 × the interval.
     pub fn silence_allowed(&self, interval: Duration) -> Duration {
         interval + self.heart_beat_grace.get().max(interval / 2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// `config/switchyard.toml` shows every option with its default.
+    #[test]
+    fn the_reference_file_documents_the_defaults() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/switchyard.toml"
+        ))
+        .unwrap();
+        let file: toml::Table = text.parse().unwrap();
+        let mut section = file["listeners"]["stomp"].as_table().unwrap().clone();
+        assert_eq!(
+            section.remove("bind").unwrap().as_str(),
+            Some("0.0.0.0:61613")
+        );
+        assert_eq!(section.remove("enabled").unwrap().as_bool(), Some(true));
+        let documented: StompConfig = toml::Value::Table(section).try_into().unwrap();
+        assert_eq!(documented, StompConfig::default());
+    }
+
+    #[test]
+    fn unknown_options_are_refused() {
+        let e = toml::from_str::<StompConfig>("max_header = 3").unwrap_err();
+        assert!(e.to_string().contains("max_header"), "{e}");
+        let c: StompConfig = toml::from_str("default_destination = \"topic\"").unwrap();
+        assert_eq!(c.default_destination, DefaultDestination::Topic);
+    }
+
+    #[test]
+    fn the_body_limit_never_exceeds_the_broker_limit() {
+        let mut c = StompConfig::default();
+        assert_eq!(c.limits(Size::mib(1)).max_body, 1 << 20);
+        c.max_body_size = Some(Size::kib(4));
+        assert_eq!(c.limits(Size::mib(1)).max_body, 4096);
+        c.max_body_size = Some(Size::mib(64));
+        assert_eq!(c.limits(Size::mib(1)).max_body, 1 << 20);
+    }
+
+    #[test]
+    fn silence_allowed_has_a_grace() {
+        let c = StompConfig::default();
+        assert_eq!(
+            c.silence_allowed(Duration::from_secs(1)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            c.silence_allowed(Duration::from_secs(10)),
+            Duration::from_secs(15)
+        );
     }
 }

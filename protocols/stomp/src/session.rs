@@ -55,6 +55,10 @@ pub const DURABLE_PREFIX: &str = "$stomp.durable.";
 /// At most this many queue names are remembered as known to exist.
 const KNOWN_QUEUES: usize = 1024;
 
+/// What an ACK or NACK held in a transaction counts against
+/// `max_transaction_size`.
+const TX_OP_SIZE: usize = 64;
+
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A protocol violation or a refused operation: becomes an ERROR frame.
@@ -445,6 +449,9 @@ impl StompSession {
             }),
         };
         self.client_id = frame.header("client-id").map(str::to_owned);
+        if let Some(who) = self.client_id.as_deref().or(principal.login.as_deref()) {
+            tracing::Span::current().record("client_id", who);
+        }
         self.principal = Some(principal);
         self.version = Some(version);
         let mut w = FrameWriter::begin(&mut out.buf, Command::Connected, Some(version));
@@ -464,20 +471,32 @@ impl StompSession {
             .ok_or_else(|| StompError::missing(frame.command, name))
     }
 
-    fn tx_of(&mut self, frame: &Frame) -> Result<Option<&mut OpenTx>, StompError> {
-        match frame.header_text("transaction") {
-            None => Ok(None),
-            Some(name) => match self.txs.get_mut(name) {
-                Some(tx) => Ok(Some(tx)),
-                None => Err(StompError::new(
-                    "unknown transaction",
-                    format!(
-                        "{} names transaction '{name}', which is not open (BEGIN it first)",
-                        frame.command
-                    ),
-                )),
-            },
+    /// The open transaction the frame names, with `size` more bytes
+    /// accounted to it (`max_transaction_size` bounds them all together).
+    fn reserve_tx(&mut self, frame: &Frame, size: usize) -> Result<&mut OpenTx, StompError> {
+        let max = self.config.max_transaction_size.as_usize();
+        let total = self.tx_bytes.saturating_add(size);
+        let name = frame
+            .header_text("transaction")
+            .ok_or_else(|| StompError::missing(frame.command, "transaction"))?;
+        let Some(open) = self.txs.get_mut(name) else {
+            return Err(StompError::new(
+                "unknown transaction",
+                format!(
+                    "{} names transaction '{name}', which is not open (BEGIN it first)",
+                    frame.command
+                ),
+            ));
+        };
+        if total > max {
+            return Err(StompError::new(
+                "transaction too large",
+                format!("open transactions may hold at most {max} bytes (max_transaction_size)"),
+            ));
         }
+        open.bytes += size;
+        self.tx_bytes = total;
+        Ok(open)
     }
 
     /// Makes sure queue `name` exists, creating it (durable) when `create`
@@ -583,21 +602,10 @@ impl StompSession {
             }
         };
         let msg = mapping::message_from_send(namespace, address, frame)?;
-        let size = msg.body.len();
-        let max_tx = self.config.max_transaction_size.as_usize();
-        let tx_bytes = self.tx_bytes;
-        if let Some(open) = self.tx_of(frame)? {
-            if tx_bytes.saturating_add(size) > max_tx {
-                return Err(StompError::new(
-                    "transaction too large",
-                    format!(
-                        "open transactions may hold at most {max_tx} bytes of messages (max_transaction_size)"
-                    ),
-                ));
-            }
+        if frame.header("transaction").is_some() {
+            let size = msg.approx_size();
+            let open = self.reserve_tx(frame, size)?;
             open.tx.publish(msg);
-            open.bytes += size;
-            self.tx_bytes = tx_bytes + size;
             return Ok(Vec::new());
         }
         let anycast = match &msg.namespace {
@@ -867,7 +875,8 @@ impl StompSession {
         let requeue = !frame
             .header("requeue")
             .is_some_and(|v| v.eq_ignore_ascii_case("false"));
-        if let Some(open) = self.tx_of(frame)? {
+        if frame.header("transaction").is_some() {
+            let open = self.reserve_tx(frame, TX_OP_SIZE)?;
             if nack {
                 open.tx.nack(consumer, tag, multiple, requeue);
             } else {

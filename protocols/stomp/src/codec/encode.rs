@@ -35,11 +35,16 @@ impl Escape {
         }
     }
 
-    fn is_special(self, b: u8) -> bool {
+    /// True when `b` holds a byte this mode escapes (a SIMD scan; most
+    /// names and values hold none and are copied as they are).
+    fn needs_escape(self, b: &[u8]) -> bool {
         match self {
             Escape::None => false,
-            Escape::V11 => matches!(b, b'\\' | b'\n' | b':'),
-            Escape::V12 => matches!(b, b'\\' | b'\n' | b'\r' | b':'),
+            Escape::V11 => memchr::memchr3(b'\\', b'\n', b':', b).is_some(),
+            Escape::V12 => {
+                memchr::memchr3(b'\\', b'\n', b':', b).is_some()
+                    || memchr::memchr(b'\r', b).is_some()
+            }
         }
     }
 }
@@ -92,7 +97,7 @@ impl<'a> FrameWriter<'a> {
     }
 
     fn put_escaped(&mut self, b: &[u8]) {
-        if !b.iter().any(|&c| self.esc.is_special(c)) {
+        if !self.esc.needs_escape(b) {
             self.out.put_slice(b);
             return;
         }
