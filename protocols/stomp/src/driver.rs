@@ -64,9 +64,17 @@ struct Io {
 }
 
 impl Io {
+    /// Makes room for the next read: what a frame of known length still
+    /// needs, at least a chunk, and at least the buffered length (so a long
+    /// NUL-terminated body grows the buffer geometrically, not a chunk at a
+    /// time; the decoder's body limit bounds it).
     fn prepare_read(&mut self, dec: &FrameDecoder) {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK {
-            let want = dec.needs(&self.rbuf).unwrap_or(0).max(READ_CHUNK);
+            let want = dec
+                .needs(&self.rbuf)
+                .unwrap_or(0)
+                .max(READ_CHUNK)
+                .max(self.rbuf.len());
             self.rbuf.reserve(want);
         }
     }
@@ -319,5 +327,72 @@ pub(crate) async fn serve(
             }
             r = io.stream.read_buf(&mut io.rbuf), if can_read => io.on_read(r)?,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::codec::{Command, Frame, FrameDecoder, Limits, Text};
+    use switchyard_core::{Completion, CoreConfig};
+    use switchyard_model::ConnId;
+
+    fn frames(buf: &mut BytesMut) -> Vec<Frame> {
+        let mut d = FrameDecoder::new(Limits::default());
+        let mut out = Vec::new();
+        while let Some(f) = d.decode(buf).unwrap() {
+            out.push(f);
+        }
+        out
+    }
+
+    /// A receipt waiting for the journal holds back every later receipt,
+    /// and they go out in order once it resolves.
+    #[tokio::test]
+    async fn receipts_wait_for_durable_writes_in_order() {
+        let broker = Broker::new(CoreConfig::new());
+        let mut core = broker.session(PROTOCOL, ConnId(1));
+        let mut st = StompSession::new(Arc::new(StompConfig::default()), ConnId(1));
+        let mut out = Output::default();
+        let connect = Frame::new(Command::Connect).with("accept-version", "1.2");
+        assert_eq!(st.on_frame(connect, &mut core, &mut out), Step::Continue);
+        out.buf.clear();
+
+        let (c1, done1) = Completion::pending();
+        st.receipt(&mut out, &Text::new("durable"), vec![c1]);
+        let begin = Frame::new(Command::Begin)
+            .with("transaction", "t")
+            .with("receipt", "later");
+        assert_eq!(st.on_frame(begin, &mut core, &mut out), Step::Continue);
+        let bye = Frame::new(Command::Disconnect).with("receipt", "bye");
+        assert_eq!(st.on_frame(bye, &mut core, &mut out), Step::Disconnect);
+        assert!(out.buf.is_empty(), "nothing may pass the waiting receipt");
+        assert_eq!(out.pending.len(), 3);
+
+        let pending = front_completion(&mut out.pending).now_or_never();
+        assert!(pending.is_none(), "the journal has not answered yet");
+        done1.send(Ok(())).unwrap();
+        let r = front_completion(&mut out.pending).await;
+        assert_eq!(r, Ok(()));
+        release_receipts(&st, &mut out);
+        assert!(out.pending.is_empty());
+        let ids: Vec<String> = frames(&mut out.buf)
+            .iter()
+            .map(|f| f.header("receipt-id").unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["durable", "later", "bye"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_durable_write_is_reported() {
+        let mut pending = VecDeque::new();
+        let (c, done) = Completion::pending();
+        pending.push_back(crate::session::Pending {
+            receipt: Text::new("r"),
+            wait: vec![c],
+        });
+        drop(done);
+        assert!(front_completion(&mut pending).await.is_err());
     }
 }

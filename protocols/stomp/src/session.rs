@@ -357,7 +357,7 @@ impl StompSession {
     }
 
     /// Writes (or queues behind earlier ones) the RECEIPT for `receipt`.
-    fn receipt(&self, out: &mut Output, receipt: &Text, wait: Vec<Completion>) {
+    pub(crate) fn receipt(&self, out: &mut Output, receipt: &Text, wait: Vec<Completion>) {
         if wait.is_empty() && out.pending.is_empty() {
             self.write_receipt(&mut out.buf, receipt);
         } else {
@@ -667,6 +667,17 @@ impl StompSession {
                 )
             })?,
         };
+        if let Some(sel) = frame.header("selector")
+            && !sel.trim().is_empty()
+        {
+            return Err(StompError::new(
+                "selectors are not supported",
+                format!(
+                    "SUBSCRIBE with selector '{sel}': message selectors are not supported; \
+                     subscribe to a narrower destination (wildcards: /topic/a.*.c, /topic/a.#)"
+                ),
+            ));
+        }
         let consume = ConsumeOptions {
             manual_ack: ack != AckMode::Auto,
             prefetch,

@@ -111,6 +111,12 @@ async fn each_bad_input_gets_an_error_and_a_close_and_others_go_on() {
             "sometimes",
         ),
         (b"UNSUBSCRIBE\nid:nope\n\n\0", false, "unknown subscription", "nope"),
+        (
+            b"SUBSCRIBE\nid:1\ndestination:/queue/a\nselector:color = 'red'\n\n\0",
+            false,
+            "selectors are not supported",
+            "color",
+        ),
         (b"COMMIT\ntransaction:none\n\n\0", false, "unknown transaction", "none"),
         (b"BEGIN\n\n\0", false, "missing transaction header", "transaction"),
         (

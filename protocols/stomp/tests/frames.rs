@@ -833,3 +833,74 @@ async fn a_client_that_never_connects_is_dropped() {
     assert_eq!(c.version, None::<Version>);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn open_transactions_are_bounded() {
+    let b = TestBroker::start_with(|c| {
+        let opts = &mut c.listener_mut("stomp").unwrap().options;
+        opts.insert(
+            "max_transaction_size".into(),
+            figment::value::Value::from("2KiB"),
+        );
+        opts.insert("max_transactions".into(), figment::value::Value::from(2u32));
+    })
+    .await;
+    let addr = b.addr("stomp");
+    let mut c = StompClient::connect(addr, Some("1.2")).await;
+    for t in ["a", "b"] {
+        c.with_receipt(Frame::new(Command::Begin).with("transaction", t))
+            .await
+            .unwrap();
+    }
+    c.send_frame(&Frame::new(Command::Begin).with("transaction", "c"))
+        .await;
+    let err = c.expect_error_and_close().await;
+    assert_eq!(err.header("message"), Some("too many transactions"));
+
+    let mut c = StompClient::connect(addr, Some("1.2")).await;
+    c.with_receipt(Frame::new(Command::Begin).with("transaction", "t"))
+        .await
+        .unwrap();
+    c.send_with("/topic/tx.big", &[1u8; 1000], &[("transaction", "t")])
+        .await;
+    c.send_frame(
+        &Frame::new(Command::Send)
+            .with("destination", "/topic/tx.big")
+            .with("transaction", "t")
+            .with_body(vec![2u8; 1500]),
+    )
+    .await;
+    let err = c.expect_error_and_close().await;
+    assert_eq!(err.header("message"), Some("transaction too large"));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let b = TestBroker::start_with(stomp_option("write_timeout", "500ms")).await;
+    let addr = b.addr("stomp");
+    let mut other = StompClient::connect(addr, Some("1.2")).await;
+    other.subscribe("/topic/other", "auto").await;
+    let mut slow = StompClient::connect(addr, Some("1.2")).await;
+    slow.subscribe("/topic/flood", "auto").await;
+    assert_eq!(b.connections(), 2);
+    let body = Bytes::from(vec![b'x'; 64 * 1024]);
+    let flood = Address::new("flood").unwrap();
+    let gone = async {
+        for _ in 0..4000 {
+            b.broker()
+                .publish(Message::multicast(&flood, body.clone()))
+                .unwrap();
+            if b.connections() == 1 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        switchyard_testkit::eventually(WAIT, || b.connections() == 1).await
+    };
+    assert!(gone.await, "the slow consumer is cut off");
+    other.send("/topic/other", b"unaffected").await;
+    assert_eq!(&other.message().await.body[..], b"unaffected");
+    drop(slow);
+    b.stop().await;
+}
