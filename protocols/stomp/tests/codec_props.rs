@@ -415,3 +415,19 @@ fn bodies_are_slices_of_the_read_buffer() {
     assert!(body_at >= base && body_at < base + 64, "body was copied");
     let _: Bytes = f.body;
 }
+
+/// Found by fuzzing: in 1.1 (no CR escape) a value ending in CR would come
+/// back without it, so the encoder refuses it rather than change it.
+#[test]
+fn one_point_one_cannot_encode_a_trailing_cr() {
+    let mut buf = BytesMut::new();
+    let f = Frame::new(Command::Send).with("x", "(((\r");
+    assert!(encode_frame(&f, Some(Version::V1_1), &mut buf).is_err());
+    let f = Frame::new(Command::Send).with("x", "a\rb");
+    encode_frame(&f, Some(Version::V1_1), &mut buf).unwrap();
+    assert_eq!(decode_all(Some(Version::V1_1), &buf).unwrap(), vec![f]);
+    let f = Frame::new(Command::Send).with("x", "(((\r");
+    let mut buf = BytesMut::new();
+    encode_frame(&f, Some(Version::V1_2), &mut buf).unwrap();
+    assert_eq!(decode_all(Some(Version::V1_2), &buf).unwrap(), vec![f]);
+}

@@ -3,7 +3,12 @@
 //! for a receipt gets exactly one RECEIPT or an ERROR, and an ERROR always
 //! ends the session.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -12,7 +17,7 @@ use switchyard_core::{Broker, CoreConfig};
 use switchyard_model::ConnId;
 use switchyard_stomp::StompConfig;
 use switchyard_stomp::codec::{Command, Frame, FrameDecoder, Limits, Version};
-use switchyard_stomp::session::{Output, StompSession, Step};
+use switchyard_stomp::session::{Output, Step, StompSession};
 
 fn value(name: &'static str) -> BoxedStrategy<(String, String)> {
     let values: Vec<&'static str> = match name {

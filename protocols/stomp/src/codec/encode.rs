@@ -15,7 +15,8 @@ pub enum Escape {
     /// version. A name with `:` or a line break, or a value with a line
     /// break, cannot be written.
     None,
-    /// 1.1: `\` → `\\`, LF → `\n`, `:` → `\c` (CR is written as is).
+    /// 1.1: `\` → `\\`, LF → `\n`, `:` → `\c` (CR is written as is; a
+    /// value cannot end in one).
     V11,
     /// 1.2: as 1.1, and CR → `\r`.
     V12,
@@ -56,18 +57,27 @@ pub enum EncodeError {
     Unrepresentable(String),
 }
 
-/// Whether a header can be written under `esc`: names must be non-empty,
-/// and without escaping neither may hold a line break (nor the name a `:`).
+/// Whether a header can be written under `esc`: names must be non-empty;
+/// without escaping neither may hold a line break (nor the name a `:`); in
+/// 1.1, which has no escape for CR, a value may not end in one (a CR right
+/// before the LF reads as part of the end of line, see the module docs of
+/// `codec`).
 fn representable(esc: Escape, name: &[u8], value: &[&[u8]]) -> bool {
     if name.is_empty() {
         return false;
     }
-    if esc == Escape::None {
-        let breaks = |b: &u8| matches!(b, b'\n' | b'\r');
-        return !name.iter().any(|b| breaks(b) || *b == b':')
-            && !value.iter().any(|v| v.iter().any(breaks));
+    match esc {
+        Escape::None => {
+            let breaks = |b: &u8| matches!(b, b'\n' | b'\r');
+            !name.iter().any(|b| breaks(b) || *b == b':')
+                && !value.iter().any(|v| v.iter().any(breaks))
+        }
+        Escape::V11 => {
+            let last = value.iter().rev().find_map(|v| v.last());
+            last != Some(&b'\r')
+        }
+        Escape::V12 => true,
     }
-    true
 }
 
 /// Writes one frame into a buffer: command, headers, then body and NUL.
