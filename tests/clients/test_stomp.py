@@ -242,9 +242,13 @@ def test_stomp_queue_consumers_compete(broker):
     p, pl = connect(broker)
     for i in range(40):
         send(p, pl, "/queue/py.work", f"job{i}")
-    time.sleep(0.5)
+    deadline = time.monotonic() + WAIT
+    while l1.messages.qsize() + l2.messages.qsize() < 40 and time.monotonic() < deadline:
+        time.sleep(0.02)
     a = [l1.messages.get_nowait().body for _ in range(l1.messages.qsize())]
     b = [l2.messages.get_nowait().body for _ in range(l2.messages.qsize())]
+    l1.none()
+    l2.none()
     assert sorted(a + b) == sorted(f"job{i}" for i in range(40))
     assert not set(a) & set(b)
     assert a and b, (len(a), len(b))
