@@ -32,10 +32,12 @@
 //! * `driver`: the socket loop;
 //! * [`config`]: `[listeners.stomp]` options.
 //!
-//! The codec is our own: no maintained Rust crate decodes STOMP on the
-//! server side incrementally with the 1.0–1.2 escaping rules and
-//! declared-size limits checked before buffering (the client crates parse
-//! whole frames, or with parser combinators that rescan from the start).
+//! The codec is our own because no Rust crate fits the server side:
+//! `stomp-parser` (nom) models STOMP 1.2 only and parses a frame already
+//! complete in a byte vector, and the client crates (`stomp-rs`,
+//! `iridium-stomp`, ...) parse what a client receives. None decodes
+//! incrementally across reads, speaks the 1.0 and 1.1 rules, or checks
+//! limits and a declared `content-length` before buffering.
 
 pub mod auth;
 pub mod codec;
