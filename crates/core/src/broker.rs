@@ -131,6 +131,9 @@ pub(crate) struct Shared {
     id_limit: AtomicU64,
     id_lock: Mutex<()>,
     pub(crate) retained: crate::retained::RetainedStore,
+    pub(crate) state: crate::state::StateStore,
+    pub(crate) flow: tokio::sync::watch::Sender<crate::flow::BlockReason>,
+    pub(crate) flow_sources: Mutex<std::collections::BTreeMap<&'static str, String>>,
     pub(crate) clients: Arc<crate::clients::Registry>,
 }
 
@@ -222,6 +225,9 @@ impl Broker {
                 next_store_queue: AtomicU64::new(0),
                 id_lock: Mutex::new(()),
                 retained: Default::default(),
+                state: Default::default(),
+                flow: tokio::sync::watch::Sender::new(None),
+                flow_sources: Mutex::new(std::collections::BTreeMap::new()),
                 clients: Default::default(),
             }),
         }

@@ -13,7 +13,7 @@ use crate::broker::Shared;
 use crate::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use crate::queue::{Queue, QueueOptions, Restored};
 use crate::store::codec::{self, Dec, Enc};
-use crate::store::{self, Decl, Store};
+use crate::store::{self, Decl, Keyed, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,10 @@ pub struct RecoveryReport {
     pub messages: u64,
     /// Recovered messages whose bodies stayed on disk (paged out).
     pub paged: u64,
+    /// Retained messages recovered.
+    pub retained: u64,
+    /// Session-state values recovered.
+    pub states: u64,
     /// Records that could not be decoded (logged, skipped).
     pub bad_records: u64,
     pub journal: JournalReport,
@@ -133,6 +137,8 @@ pub(crate) struct Recovering {
     bindings: HashMap<Vec<u8>, RecordLoc>,
     /// The last message-id reservation: (its record, the reserved limit).
     ids: Option<(RecordLoc, u64)>,
+    /// Retained messages and session state: the latest record per key.
+    keyed: HashMap<Keyed, (RecordLoc, Vec<u8>)>,
     bad: u64,
 }
 
@@ -146,6 +152,7 @@ impl Recovering {
             deleted: std::collections::HashSet::new(),
             bindings: HashMap::new(),
             ids: None,
+            keyed: HashMap::new(),
             bad: 0,
         }
     }
@@ -280,6 +287,30 @@ impl Recovering {
                     None => j.release(r.loc),
                 }
             }
+            store::RETAIN | store::STATE => {
+                let key = if r.kind == store::RETAIN {
+                    Keyed::Retained(d.str().ok()?.to_owned())
+                } else {
+                    Keyed::State(d.str().ok()?.to_owned(), d.str().ok()?.to_owned())
+                };
+                if let Some((old, _)) = self.keyed.insert(key, (r.loc, r.payload.to_vec())) {
+                    j.release(old);
+                }
+            }
+            store::RETAIN_DEL | store::STATE_DEL => {
+                let key = if r.kind == store::RETAIN_DEL {
+                    Keyed::Retained(d.str().ok()?.to_owned())
+                } else {
+                    Keyed::State(d.str().ok()?.to_owned(), d.str().ok()?.to_owned())
+                };
+                match self.keyed.remove(&key) {
+                    Some((loc, _)) => {
+                        j.depend(r.loc, loc);
+                        j.release(loc);
+                    }
+                    None => j.release(r.loc),
+                }
+            }
             store::ID_BLOCK => {
                 let limit = d.u64().ok()?;
                 if let Some((old, _)) = self.ids.replace((r.loc, limit)) {
@@ -381,6 +412,42 @@ impl Recovering {
             None => 0,
         };
         shared.set_next_message(max_msg.max(reserved));
+        for (key, (loc, payload)) in self.keyed {
+            let restored = {
+                let mut d = Dec(&payload);
+                match &key {
+                    Keyed::Retained(addr) => d
+                        .str()
+                        .ok()
+                        .and_then(|_| codec::read_message(&mut d).ok())
+                        .map(|m| {
+                            shared
+                                .retained
+                                .restore(Str::from(addr.as_str()), Arc::new(m));
+                            report.retained += 1;
+                        }),
+                    Keyed::State(scope, k) => d
+                        .str()
+                        .and_then(|_| d.str())
+                        .and_then(|_| d.bytes())
+                        .ok()
+                        .map(|v| {
+                            shared.state.restore(
+                                scope.clone(),
+                                k.clone(),
+                                bytes::Bytes::copy_from_slice(v),
+                            );
+                            report.states += 1;
+                        }),
+                }
+            };
+            if restored.is_some() {
+                store.restore_keyed(key, loc, payload);
+            } else {
+                report.bad_records += 1;
+                j.release(loc);
+            }
+        }
         for (payload, loc) in self.bindings {
             let Some(b) = parse_binding(&payload) else {
                 j.release(loc);

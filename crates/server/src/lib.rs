@@ -13,6 +13,7 @@ mod http;
 mod listener;
 pub mod logging;
 mod metrics;
+mod monitor;
 pub mod registry;
 pub mod ws;
 
@@ -222,6 +223,14 @@ impl Server {
             }));
         }
         let maintenance = broker.start_maintenance();
+        let _ = std::fs::create_dir_all(&config.server.data_dir);
+        listeners.spawn(monitor::spawn(
+            broker.clone(),
+            config.server.data_dir.clone(),
+            config.core.limits.memory_high_watermark,
+            config.core.limits.disk_free_low_watermark,
+            stop_accepting.clone(),
+        ));
         ctx.ready.store(true, Ordering::Release);
         *ctx.ready_after.lock() = Some(started.elapsed());
         tracing::info!(

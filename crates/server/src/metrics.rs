@@ -170,6 +170,18 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         s.route_cache_misses
     );
 
+    family(
+        &mut out,
+        "switchyard_publishers_blocked",
+        "gauge",
+        "1 while publishers are held back (memory or disk watermark).",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_publishers_blocked {}",
+        u8::from(ctx.broker.flow().is_blocked())
+    );
+
     if let Some(j) = ctx.broker.journal_stats() {
         let journal: [(&str, &str, &str, u64); 7] = [
             (

@@ -226,6 +226,9 @@ struct Conn {
     session_expiry: u32,
     keep_alive: Duration,
     last_rx: Instant,
+    /// The client has published: it is held back while the broker blocks
+    /// publishers.
+    publisher: bool,
     will: Option<Box<codec::Will>>,
     window: usize,
     qos2: Qos2Ids,
@@ -547,6 +550,7 @@ async fn open(
         session_expiry,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_rx: Instant::now(),
+        publisher: false,
         will: connect.will.clone().map(Box::new),
         window: window.max(1),
         qos2,
@@ -685,6 +689,7 @@ impl Conn {
             grace
         });
         tokio::pin!(timer);
+        let mut flow = self.broker.flow();
         // Bytes that came with the CONNECT.
         if let Err(close) = self.on_bytes() {
             if let Close::Server(code, why) = &close {
@@ -704,6 +709,13 @@ impl Conn {
             let mut deliveries = self.sub.as_mut().and_then(|s| s.deliveries.take());
             let events = self.sub.as_ref().map(|s| s.events.clone());
             let room = self.sub.as_ref().is_none_or(|s| s.waiting.is_empty());
+            // A client that publishes is not read while publishers are
+            // blocked (memory/disk watermark); its keep-alive is not held
+            // against it meanwhile.
+            let hold = self.publisher && flow.is_blocked();
+            if hold {
+                self.last_rx = Instant::now();
+            }
             let turn: Result<(), Close> = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -744,7 +756,8 @@ impl Conn {
                         Ok(())
                     }
                 }
-                r = self.io.read(self.read_want()) => match r {
+                () = flow.turn(hold), if self.publisher => Ok(()),
+                r = self.io.read(self.read_want()), if !hold => match r {
                     Ok(0) => Err(Close::Gone(None)),
                     Err(e) => Err(Close::Gone(Some(e))),
                     Ok(n) => {
@@ -931,6 +944,7 @@ impl Conn {
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        self.publisher = true;
         if p.qos == QoS::ExactlyOnce && self.qos2.contains(&p.packet_id) {
             // Sent again before PUBREL: routed already, never twice.
             self.ack_packet(kind::PUBREC, p.packet_id, 0);
