@@ -38,6 +38,8 @@ mod outbox;
 mod queue;
 mod session;
 pub mod spi;
+pub mod traffic;
+mod watch;
 
 pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
@@ -47,3 +49,5 @@ pub use outbox::{Deliveries, Delivery, Events, SessionEvent, WakeBatch};
 pub use queue::{DeadLetterTarget, DeathReason, QueueInfo, QueueOptions, QueueStats};
 pub use session::{ConsumeOptions, Session, Subscribe, SubscriptionKind, Transaction};
 pub use switchyard_journal::Completion;
+pub use traffic::{Traffic, TrafficStats};
+pub use watch::QueueWatch;

@@ -169,6 +169,7 @@ impl Broker {
         let outbox = Outbox::new(
             limits.connection_buffer,
             limits.connection_buffer_bytes.as_usize(),
+            crate::traffic::Tally::new(self.shared.traffic.get(protocol)),
         );
         Session {
             broker: self.clone(),
@@ -208,7 +209,10 @@ impl Session {
     /// Publishes, stamping this session as the origin.
     pub fn publish(&self, mut msg: Message) -> CoreResult<Published> {
         msg.origin = self.origin();
-        self.broker.publish(msg)
+        let bytes = msg.body.len();
+        let published = self.broker.publish(msg)?;
+        self.outbox.tally.inbound(bytes);
+        Ok(published)
     }
 
     /// Declares a queue owned by this connection (see [`Broker::declare_queue`]).
@@ -521,6 +525,11 @@ impl Session {
         let mut fx = Effects::default();
         let r = q.get(&mut q.lock(), getter, manual_ack, &mut fx);
         q.apply(fx);
+        if let Ok(Some((d, _))) = &r {
+            // A get is a round trip per message: count it at once (a
+            // session that only gets never waits in `Deliveries::recv`).
+            self.outbox.tally.outbound_now(1, d.message.body.len());
+        }
         r
     }
 
@@ -586,6 +595,7 @@ impl Session {
                 }
             }
             shared.count_published(&out);
+            self.outbox.tally.inbound(m.body.len());
             results.push(out);
         }
         for (q, op) in &ops {
@@ -624,5 +634,6 @@ impl Drop for Session {
             self.broker.shared.delete_queue(&q);
         }
         self.outbox.close();
+        self.outbox.tally.flush();
     }
 }
