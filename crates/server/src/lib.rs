@@ -10,6 +10,7 @@
 pub mod config;
 mod conns;
 mod http;
+mod http_conn;
 mod listener;
 pub mod logging;
 mod metrics;
@@ -57,6 +58,8 @@ pub(crate) struct Ctx {
     pub(crate) broker: Broker,
     pub(crate) admission: Arc<Admission>,
     pub(crate) ready: AtomicBool,
+    /// Set when shutdown begins (readiness answers 503 from then on).
+    pub(crate) shutting_down: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) ready_after: parking_lot::Mutex<Option<Duration>>,
     pub(crate) name: String,
@@ -72,6 +75,7 @@ pub struct Server {
     listeners: TaskTracker,
     connections: TaskTracker,
     grace: Duration,
+    drain: Duration,
     maintenance: tokio::task::JoinHandle<()>,
 }
 
@@ -92,6 +96,7 @@ impl Server {
             broker: broker.clone(),
             admission,
             ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             started,
             ready_after: parking_lot::Mutex::new(None),
             name: config.server.name.clone(),
@@ -150,6 +155,7 @@ impl Server {
             ));
         }
         let mut bound = Vec::new();
+        let config_grace = config.server.shutdown_grace.get();
         for (b, protocol, service, socket) in sockets {
             match service {
                 Service::Stream(adapter) => {
@@ -164,9 +170,11 @@ impl Server {
                         connections: connections.clone(),
                     }));
                 }
-                Service::Http => {
+                Service::Http(config) => {
                     listeners.spawn(http::serve(http::Serve {
                         socket,
+                        config,
+                        grace: config_grace,
                         ctx: ctx.clone(),
                         ws: ws_routes.clone(),
                         stop: stop_accepting.clone(),
@@ -193,6 +201,7 @@ impl Server {
             listeners,
             connections,
             grace: config.server.shutdown_grace.get(),
+            drain: config.server.drain_period.get(),
             maintenance,
         })
     }
@@ -216,12 +225,21 @@ impl Server {
         self.ctx.admission.active()
     }
 
-    /// Graceful shutdown: stop accepting, ask every connection to leave with
-    /// its protocol's goodbye, wait up to the grace period, drop the rest,
-    /// stop the broker's background work.
+    /// Graceful shutdown: report not ready and keep serving for the drain
+    /// period, stop accepting, ask every connection to leave with its
+    /// protocol's goodbye, wait up to the grace period, drop the rest, stop
+    /// the broker's background work.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.ctx.shutting_down.store(true, Ordering::Release);
         self.ctx.ready.store(false, Ordering::Release);
+        if !self.drain.is_zero() {
+            tracing::info!(
+                drain_ms = self.drain.as_millis() as u64,
+                "draining: not ready, still serving"
+            );
+            tokio::time::sleep(self.drain).await;
+        }
         self.stop_accepting.cancel();
         self.listeners.close();
         self.listeners.wait().await;
