@@ -657,10 +657,17 @@ pub fn split_batch(
                 max: max_line,
             });
         }
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&line) {
+        // JSON text is UTF-8 (RFC 8259 §8.1); serde_json does not check
+        // the strings it skips, so check first.
+        let checked = std::str::from_utf8(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|e| e.to_string())
+            });
+        if let Err(error) = checked {
             return Err(BatchError::BadLine {
                 line: number,
-                error: e.to_string(),
+                error,
             });
         }
         if out.len() == max_lines {
