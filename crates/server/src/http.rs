@@ -7,7 +7,7 @@
 //! protocol.
 
 use crate::Ctx;
-use crate::http_conn::HttpListener;
+use crate::http_conn::{HttpListener, KillSwitch};
 use crate::registry::WsRoute;
 use crate::ws::WsStream;
 use axum::Router;
@@ -77,12 +77,12 @@ fn router(state: AppState, ws: &[WsService]) -> Router {
 pub(crate) async fn serve(s: Serve) {
     let api =
         switchyard_http::HttpApi::new((*s.config).clone(), s.ctx.broker.clone(), s.stop.clone());
-    let kill = CancellationToken::new();
+    let switch = Arc::new(KillSwitch::default());
     let listener = HttpListener {
         socket: s.socket,
         admission: s.ctx.admission.clone(),
         write_timeout: s.config.write_timeout.get(),
-        kill: kill.clone(),
+        switch: switch.clone(),
     };
     let state = AppState {
         ctx: s.ctx,
@@ -97,10 +97,11 @@ pub(crate) async fn serve(s: Serve) {
     let grace = s.grace;
     let killer = {
         let stop = stop.clone();
+        let switch = switch.clone();
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
             stop.cancelled().await;
             tokio::time::sleep(grace).await;
-            kill.cancel();
+            switch.kill();
         }))
     };
     let result = axum::serve(
@@ -109,6 +110,7 @@ pub(crate) async fn serve(s: Serve) {
     )
     .with_graceful_shutdown(async move {
         stop.cancelled().await;
+        switch.stopping();
     })
     .await;
     drop(killer);

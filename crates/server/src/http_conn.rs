@@ -14,6 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,13 +22,39 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+/// When the listener's open connections must go.
+///
+/// Checked on every read and write, so it is two atomic flags rather than
+/// the token's mutex; a connection registers a waker (the token's future)
+/// only once the listener is stopping, when its I/O is pending.
+#[derive(Debug, Default)]
+pub(crate) struct KillSwitch {
+    stopping: AtomicBool,
+    killed: AtomicBool,
+    token: CancellationToken,
+}
+
+impl KillSwitch {
+    /// The listener stopped: connections start watching for the kill.
+    /// Call before the server tells connections to shut down gracefully.
+    pub(crate) fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Every open connection fails its next (or pending) read or write.
+    pub(crate) fn kill(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.killed.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
+
 /// Accepts HTTP connections through admission.
 pub(crate) struct HttpListener {
     pub(crate) socket: TcpListener,
     pub(crate) admission: Arc<Admission>,
     pub(crate) write_timeout: Duration,
-    /// Cancelled when open connections must go (stop + grace).
-    pub(crate) kill: CancellationToken,
+    pub(crate) switch: Arc<KillSwitch>,
 }
 
 impl axum::serve::Listener for HttpListener {
@@ -56,10 +83,10 @@ impl axum::serve::Listener for HttpListener {
                 tcp,
                 _slot: slot,
                 write_timeout: self.write_timeout,
-                stall: Box::pin(tokio::time::sleep(self.write_timeout)),
+                stall: None,
                 stalled: false,
-                killed: self.kill.clone(),
-                kill: Box::pin(self.kill.clone().cancelled_owned()),
+                switch: self.switch.clone(),
+                kill: None,
             };
             return (io, peer);
         }
@@ -75,11 +102,12 @@ pub(crate) struct HttpIo {
     tcp: TcpStream,
     _slot: Admitted,
     write_timeout: Duration,
-    /// Armed while a write is pending.
-    stall: Pin<Box<Sleep>>,
+    /// Armed while a write is pending (made on the first stall).
+    stall: Option<Pin<Box<Sleep>>>,
     stalled: bool,
-    killed: CancellationToken,
-    kill: Pin<Box<WaitForCancellationFutureOwned>>,
+    switch: Arc<KillSwitch>,
+    /// Made once the listener is stopping and the I/O is pending.
+    kill: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 fn killed() -> io::Error {
@@ -90,9 +118,22 @@ fn killed() -> io::Error {
 }
 
 impl HttpIo {
-    /// After the socket said "not now": fail if the connection must go.
+    #[inline]
+    fn is_killed(&self) -> bool {
+        self.switch.killed.load(Ordering::Relaxed)
+    }
+
+    /// After the socket said "not now": fail if the connection must go,
+    /// and while the listener is stopping, be woken when it must.
     fn check_kill(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        match self.kill.as_mut().poll(cx) {
+        if !self.switch.stopping.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        let token = &self.switch.token;
+        let kill = self
+            .kill
+            .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+        match kill.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(killed()),
             Poll::Pending => Poll::Pending,
         }
@@ -105,12 +146,15 @@ impl HttpIo {
                 Poll::Ready(r)
             }
             Poll::Pending => {
+                let at = Instant::now() + self.write_timeout;
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                 if !self.stalled {
                     self.stalled = true;
-                    let at = Instant::now() + self.write_timeout;
-                    self.stall.as_mut().reset(at);
+                    stall.as_mut().reset(at);
                 }
-                if self.stall.as_mut().poll(cx).is_ready() {
+                if stall.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "closed: the client did not read for the write timeout",
@@ -128,7 +172,7 @@ impl AsyncRead for HttpIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.killed.is_cancelled() {
+        if self.is_killed() {
             return Poll::Ready(Err(killed()));
         }
         match Pin::new(&mut self.tcp).poll_read(cx, buf) {
@@ -144,7 +188,7 @@ impl AsyncWrite for HttpIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.killed.is_cancelled() {
+        if self.is_killed() {
             return Poll::Ready(Err(killed()));
         }
         let r = Pin::new(&mut self.tcp).poll_write(cx, data);
@@ -156,7 +200,7 @@ impl AsyncWrite for HttpIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.killed.is_cancelled() {
+        if self.is_killed() {
             return Poll::Ready(Err(killed()));
         }
         let r = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
