@@ -789,6 +789,41 @@ async fn a_client_that_stops_reading_is_cut_off_by_the_write_timeout() {
 }
 
 #[tokio::test]
+async fn shutdown_cuts_a_stuck_request_after_the_grace_period() {
+    let b = TestBroker::start_with(|c| {
+        c.server.shutdown_grace = switchyard_core::Dur(Duration::from_millis(500));
+    })
+    .await;
+    // A publish whose body never finishes arriving: graceful shutdown would
+    // wait for it forever.
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(b.addr("http"))
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"POST /v1/topics/stuck HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\npartial",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    tokio::time::timeout(WAIT, b.stop())
+        .await
+        .expect("shutdown waited for a request that never completes");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "cut before the grace period: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("closed");
+}
+
+#[tokio::test]
 async fn a_slow_stream_ends_with_a_slow_consumer_event() {
     let b = TestBroker::start_with(|c| {
         http_option(c, "sse_max_pending_messages", 50u64);
