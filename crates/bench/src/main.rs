@@ -92,6 +92,20 @@ enum Cmd {
         #[arg(long, default_value = "target/debug/switchyard")]
         switchyard: PathBuf,
     },
+    /// Single-message POSTs over keep-alive connections as fast as they are
+    /// answered; prints requests per second.
+    HttpLoad {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "/v1/topics/bench.load")]
+        path: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
     /// The reference for HTTP comparisons: a plain axum endpoint answering
     /// every POST with its body (started by `compare --protocols http`).
     #[command(hide = true)]
@@ -383,67 +397,80 @@ async fn http_compare(sy: &brokers::BrokerProc, reps: usize, scale: u64, json: b
     println!(
         "\n## http: switchyard vs axum echo ({CONNECTIONS} keep-alive connections, 16-byte bodies)\n"
     );
-    let (mut echo_rates, mut raw_rates, mut singles, mut batches) =
+    // (rate, server CPU µs per message) of every run.
+    let (mut echo_runs, mut raw_runs, mut singles, mut batches) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let cpu = |pid: Option<u32>| {
+        pid.and_then(switchyard_bench::procstat::cpu_time)
+            .unwrap_or_default()
+    };
+    let measured = |target: &Target, addr, path: &'static str| {
+        let pid = target.pid;
+        async move {
+            let c0 = cpu(pid);
+            let rate = http::request_rate(addr, path, CONNECTIONS, single_n, 16).await?;
+            let us = cpu(pid).saturating_sub(c0).as_secs_f64() * 1e6 / single_n as f64;
+            Ok::<(f64, f64), anyhow::Error>((rate, us))
+        }
+    };
     for rep in 0..reps {
         let echo_first = rep % 2 == 1;
         if echo_first {
-            echo_rates.push(
-                http::request_rate(echo_addr, "/v1/topics/echo", CONNECTIONS, single_n, 16).await?,
-            );
+            echo_runs.push(measured(&echo.target, echo_addr, "/v1/topics/echo").await?);
         }
         let r = scenario::run(&single, &sy.target, &single_driver, &nats::Nats).await?;
         println!("{}", r.table_row());
         if json {
             println!("{}", serde_json::to_string(&r)?);
         }
-        singles.push(r.rate);
-        raw_rates.push(
-            http::request_rate(
-                sy_addr,
-                "/v1/topics/bench.nobody",
-                CONNECTIONS,
-                single_n,
-                16,
-            )
-            .await?,
-        );
+        singles.push((r.rate, r.broker_cpu_s_per_million));
+        raw_runs.push(measured(&sy.target, sy_addr, "/v1/topics/bench.nobody").await?);
         if !echo_first {
-            echo_rates.push(
-                http::request_rate(echo_addr, "/v1/topics/echo", CONNECTIONS, single_n, 16).await?,
-            );
+            echo_runs.push(measured(&echo.target, echo_addr, "/v1/topics/echo").await?);
         }
         let r = scenario::run(&batch, &sy.target, &batch_driver, &nats::Nats).await?;
         println!("{}", r.table_row());
         if json {
             println!("{}", serde_json::to_string(&r)?);
         }
-        batches.push(r.rate);
+        batches.push((r.rate, r.broker_cpu_s_per_million));
     }
-    let echo_rate = median(echo_rates);
-    let single = median(singles);
-    let raw = median(raw_rates);
-    let batch = median(batches);
+    let med = |v: &[(f64, f64)]| {
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+        )
+    };
+    let (echo_rate, echo_cpu) = med(&echo_runs);
+    let (single, single_cpu) = med(&singles);
+    let (raw, raw_cpu) = med(&raw_runs);
+    let (batch, batch_cpu) = med(&batches);
     println!("\nmedians of {reps} runs:");
-    println!("| what | msg/s (req/s) | × echo | goal |");
-    println!("| --- | ---: | ---: | --- |");
-    println!("| axum echo endpoint (POST → 202 + body) | {echo_rate:.0} | 1.00 | |");
+    println!("| what | msg/s (req/s) | × echo | server CPU µs/msg | goal |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    println!(
+        "| axum echo endpoint (POST → 202 + body) | {echo_rate:.0} | 1.00 | {echo_cpu:.1} | |"
+    );
     let ratio = |x: f64| if echo_rate > 0.0 { x / echo_rate } else { 0.0 };
-    println!(
-        "| switchyard single publish → NATS subscriber | {single:.0} | {:.2} | ≥ 0.7× {} |",
-        ratio(single),
-        if ratio(single) >= 0.7 {
-            "met"
+    let goal = |x: f64| {
+        if ratio(x) >= 0.7 {
+            "≥ 0.7× met"
         } else {
-            "NOT met"
+            "≥ 0.7× NOT met"
         }
+    };
+    println!(
+        "| switchyard single publish, no subscriber | {raw:.0} | {:.2} | {raw_cpu:.1} | {} |",
+        ratio(raw),
+        goal(raw)
     );
     println!(
-        "| switchyard single publish, no subscriber | {raw:.0} | {:.2} | |",
-        ratio(raw)
+        "| switchyard single publish → NATS subscriber | {single:.0} | {:.2} | {single_cpu:.1} | {} |",
+        ratio(single),
+        goal(single)
     );
     println!(
-        "| switchyard batch publish ({BATCH}/request) → NATS subscriber | {batch:.0} | {:.2} | |",
+        "| switchyard batch publish ({BATCH}/request) → NATS subscriber | {batch:.0} | {:.2} | {batch_cpu:.2} | |",
         ratio(batch)
     );
     Ok(())
@@ -566,6 +593,17 @@ async fn main() -> Result<()> {
             json,
         } => compare(switchyard, protocols, reps, quick, json).await,
         Cmd::Smoke { switchyard } => smoke(switchyard).await,
+        Cmd::HttpLoad {
+            addr,
+            path,
+            connections,
+            count,
+            size,
+        } => {
+            let rate = http::request_rate(addr, &path, connections, count, size).await?;
+            println!("{rate:.0} requests/s");
+            Ok(())
+        }
         Cmd::EchoServer { bind } => {
             let listener = tokio::net::TcpListener::bind(bind).await?;
             http::echo_server(listener).await
