@@ -39,8 +39,10 @@ class Broker:
     def __init__(self, data_dir, extra_env=None, args=()):
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
-        # Not a config key: figment would read it as `bin` and refuse it.
+        # Test-harness variables share the SWITCHYARD_ prefix but are not
+        # configuration keys (the config would reject them as unknown).
         env.pop("SWITCHYARD_BIN", None)
+        env.pop("SWITCHYARD_TEST_ECHO", None)
         env["SWITCHYARD_LOG__FORMAT"] = "json"
         env["SWITCHYARD_LOG__LEVEL"] = "info"
         env["SWITCHYARD_SERVER__DATA_DIR"] = str(data_dir)

@@ -19,6 +19,8 @@ use crate::outbox::SessionEvent;
 use crate::queue::{
     DeadLetter, DeadLetterTarget, Effects, Enqueued, Queue, QueueInfo, QueueOptions, QueueStats,
 };
+use crate::recovery::{self, RecoveryReport};
+use crate::store::{self, Decl, Store};
 use crate::{CoreError, CoreResult};
 use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
@@ -26,7 +28,7 @@ use smallvec::SmallVec;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use switchyard_journal::Completion;
+use switchyard_journal::{Completion, Journal};
 use switchyard_model::{
     ConnId, ConsumerId, Headers, Message, MessageId, Namespace, Origin, QueueId, Str, Value,
     now_millis,
@@ -122,6 +124,16 @@ pub(crate) struct Shared {
     pub(crate) traffic: crate::traffic::TrafficRegistry,
     /// This broker, for queues to reach back to (dead letters, deletions).
     me: std::sync::Weak<Shared>,
+    /// Durable state goes here when the broker has a journal.
+    pub(crate) store: Option<Store>,
+    /// Journal ids of persisted queues (never reused).
+    next_store_queue: AtomicU64,
+    /// Message ids below this are reserved in the journal; reaching it
+    /// reserves the next block (`u64::MAX` without a journal).
+    id_limit: AtomicU64,
+    id_lock: Mutex<()>,
+    pub(crate) retained: crate::retained::RetainedStore,
+    pub(crate) clients: Arc<crate::clients::Registry>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -152,9 +164,19 @@ fn describe(v: Option<&Value>) -> String {
 }
 
 impl Broker {
-    /// A broker (with no durable storage yet: the journal is wired in by the
-    /// durable-store work, issue 8).
+    /// A broker that keeps nothing on disk.
     pub fn new(config: CoreConfig) -> Broker {
+        Broker::build(config, None)
+    }
+
+    /// A broker whose durable state goes to `journal`. Call
+    /// [`Broker::recover`] before any traffic: it replays the journal and
+    /// starts its writer.
+    pub fn with_journal(config: CoreConfig, journal: Journal) -> Broker {
+        Broker::build(config, Some(Store::new(journal)))
+    }
+
+    fn build(config: CoreConfig, store: Option<Store>) -> Broker {
         let cache = config.route_cache_capacity;
         let multicast = Arc::new(Exchange::new(
             0,
@@ -198,8 +220,64 @@ impl Broker {
                 shutdown: CancellationToken::new(),
                 traffic: crate::traffic::TrafficRegistry::default(),
                 me: me.clone(),
+                id_limit: AtomicU64::new(if store.is_some() { 0 } else { u64::MAX }),
+                store,
+                next_store_queue: AtomicU64::new(0),
+                id_lock: Mutex::new(()),
+                retained: Default::default(),
+                clients: Default::default(),
             }),
         }
+    }
+
+    /// Replays the journal (if any) into the broker — durable exchanges,
+    /// queues, bindings and their messages, in order — and starts the
+    /// journal's writer. Call once, before any traffic.
+    pub fn recover(&self) -> CoreResult<RecoveryReport> {
+        let Some(store) = self.shared.store.clone() else {
+            return Ok(RecoveryReport::default());
+        };
+        let started = std::time::Instant::now();
+        let mut rec = recovery::Recovering::new(self.shared.config.limits.queue_memory.bytes());
+        let journal = store
+            .journal
+            .replay(|j, r| {
+                rec.apply(j, &r);
+                Ok(())
+            })
+            .map_err(|e| CoreError::Storage(e.to_string()))?;
+        let mut report = rec.build(&self.shared, &store);
+        report.journal = journal;
+        store
+            .journal
+            .start()
+            .map_err(|e| CoreError::Storage(e.to_string()))?;
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Runs one journal compaction pass now (it also runs in the
+    /// background every few seconds).
+    pub fn compact_now(&self) {
+        self.shared.compact();
+    }
+
+    /// Journal counters, when the broker has a journal.
+    pub fn journal_stats(&self) -> Option<switchyard_journal::JournalStats> {
+        self.shared.store.as_ref().map(|s| s.journal.stats())
+    }
+
+    /// Writes and syncs everything journaled, and stops the journal's
+    /// writer (shutdown).
+    pub async fn close_journal(&self) -> CoreResult<()> {
+        if let Some(store) = &self.shared.store {
+            store
+                .journal
+                .close()
+                .await
+                .map_err(|e| CoreError::Storage(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// The configuration the broker runs with.
@@ -241,6 +319,7 @@ impl Broker {
         let token = self.shared.shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
+            let mut ticks: u64 = 0;
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -250,6 +329,12 @@ impl Broker {
                 }
                 let Some(shared) = weak.upgrade() else { return };
                 shared.sweep();
+                ticks += 1;
+                if ticks.is_multiple_of(40) {
+                    // Compaction reads and writes files: keep it off the runtime's workers.
+                    let s = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.compact()).await;
+                }
             }
         })
     }
@@ -279,7 +364,7 @@ impl Broker {
             });
         }
         let s = &*self.shared;
-        msg.id = MessageId(s.counters.next_message.fetch_add(1, Ordering::Relaxed) + 1);
+        s.assign_id(&mut msg);
         let msg = Arc::new(msg);
         let mut fx = Effects::default();
         let mut out = Published {
@@ -289,6 +374,11 @@ impl Broker {
             completion: None,
         };
         s.route_and_enqueue(&msg, &mut out, &mut fx)?;
+        if fx.journaled
+            && let Some(store) = &s.store
+        {
+            out.completion = Some(store.sync());
+        }
         if out.is_unroutable() {
             s.counters.unroutable.fetch_add(1, Ordering::Relaxed);
         }
@@ -462,6 +552,15 @@ impl Broker {
         let src = self.shared.bindable_exchange(source)?;
         let dst = self.shared.bindable_exchange(destination)?;
         if src.bind(Dest::Exchange(dst.clone()), key, arguments)? {
+            if let Some(store) = &self.shared.store
+                && (src.builtin || src.options.durable)
+                && (dst.builtin || dst.options.durable)
+            {
+                let payload = store::binding_payload(src.id, None, Some(dst.id), key, arguments);
+                store
+                    .bind(payload)
+                    .map_err(|e| CoreError::Storage(e.to_string()))?;
+            }
             dst.add_inbound(src, Str::from(key), arguments.clone());
         }
         Ok(())
@@ -478,6 +577,12 @@ impl Broker {
         let src = self.shared.bindable_exchange(source)?;
         let dst = self.shared.bindable_exchange(destination)?;
         if src.unbind(&Dest::Exchange(dst.clone()), key, arguments) {
+            if let Some(store) = &self.shared.store {
+                let payload = store::binding_payload(src.id, None, Some(dst.id), key, arguments);
+                if let Err(e) = store.unbind(&payload) {
+                    tracing::error!(error = %e, "cannot journal an unbind");
+                }
+            }
             dst.remove_inbound(&src, key, arguments);
             self.shared.maybe_auto_delete_exchange(&src);
         }
@@ -548,7 +653,7 @@ impl Broker {
 
 impl Effects {
     pub(crate) fn is_empty(&self) -> bool {
-        self.dead.is_empty() && self.removed.is_empty() && self.delete.is_empty()
+        self.dead.is_empty() && self.delete.is_empty()
     }
 }
 
@@ -717,8 +822,29 @@ impl Shared {
         }
     }
 
+    #[inline]
     pub(crate) fn assign_id(&self, msg: &mut Message) {
-        msg.id = MessageId(self.counters.next_message.fetch_add(1, Ordering::Relaxed) + 1);
+        let id = self.counters.next_message.fetch_add(1, Ordering::Relaxed) + 1;
+        if id >= self.id_limit.load(Ordering::Relaxed) {
+            self.reserve_ids(id);
+        }
+        msg.id = MessageId(id);
+    }
+
+    /// Journals the next block of message ids (rare: once per million).
+    #[cold]
+    fn reserve_ids(&self, id: u64) {
+        const BLOCK: u64 = 1 << 20;
+        let _g = self.id_lock.lock();
+        if id < self.id_limit.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(store) = &self.store else { return };
+        let limit = id + BLOCK;
+        if let Err(e) = store.declare(Decl::Ids, store::ID_BLOCK, limit.to_le_bytes().to_vec()) {
+            tracing::error!(error = %e, "cannot reserve message ids in the journal");
+        }
+        self.id_limit.store(limit, Ordering::Release);
     }
 
     /// Applies effects gathered under queue locks. Dead letters can cause
@@ -774,10 +900,9 @@ impl Shared {
         if let Some(pos) = deaths
             .iter()
             .position(|v| same(v, "queue", &d.queue) && same(v, "reason", reason))
+            && let Value::Map(m) = deaths.remove(pos)
         {
-            if let Value::Map(m) = deaths.remove(pos) {
-                count = m.get("count").and_then(Value::as_i64).unwrap_or(0) + 1;
-            }
+            count = m.get("count").and_then(Value::as_i64).unwrap_or(0) + 1;
         }
         let mut entry = Headers::new();
         entry.push("count", Value::I64(count));
@@ -902,13 +1027,29 @@ impl Shared {
             } else {
                 None
             };
+            let persistence = match &self.store {
+                Some(store) if options.durable && !options.exclusive => {
+                    let sid = self.next_store_queue.fetch_add(1, Ordering::Relaxed) + 1;
+                    Some((sid, store.clone()))
+                }
+                _ => None,
+            };
+            let page_after = self.config.limits.queue_memory.bytes();
             let q = Arc::new(Queue::new(
                 id,
                 name.clone(),
                 options,
                 owner,
                 self.me.clone(),
+                persistence,
+                page_after,
             ));
+            if let Some(store) = &q.store {
+                let payload = recovery::queue_payload(q.store_id, &q.name, &q.options);
+                if let Err(e) = store.declare(Decl::Queue(q.store_id), store::QUEUE, payload) {
+                    return Err(CoreError::Storage(e.to_string()));
+                }
+            }
             map.insert(name.clone(), q.clone());
             q
         };
@@ -959,6 +1100,14 @@ impl Shared {
             b.exchange.unbind(&dest, &b.key, &b.arguments);
             self.maybe_auto_delete_exchange(&b.exchange);
         }
+        if let Some(store) = &q.store {
+            let id = q.store_id;
+            if let Err(e) = store.undeclare(Decl::Queue(id), store::QUEUE_DEL, &id.to_le_bytes()) {
+                tracing::error!(queue = %q.name, error = %e, "cannot journal a queue deletion");
+            }
+            // Its bindings' records refer to an id never used again.
+            store.forget_bindings(|p| recovery::binding_refers_to_queue(p, id));
+        }
         self.apply(fx);
         count
     }
@@ -976,6 +1125,14 @@ impl Shared {
                 key: Str::from(key),
                 arguments: args.clone(),
             });
+            if let Some(store) = &q.store
+                && (ex.builtin || ex.options.durable)
+            {
+                let payload = store::binding_payload(ex.id, Some(q.store_id), None, key, args);
+                store
+                    .bind(payload)
+                    .map_err(|e| CoreError::Storage(e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -985,6 +1142,12 @@ impl Shared {
             q.bindings.lock().retain(|b| {
                 !(Arc::ptr_eq(&b.exchange, ex) && &*b.key == key && b.arguments == *args)
             });
+            if let Some(store) = &q.store {
+                let payload = store::binding_payload(ex.id, Some(q.store_id), None, key, args);
+                if let Err(e) = store.unbind(&payload) {
+                    tracing::error!(queue = %q.name, error = %e, "cannot journal an unbind");
+                }
+            }
             self.maybe_auto_delete_exchange(ex);
         }
     }
@@ -1050,17 +1213,23 @@ impl Shared {
             return Ok(());
         }
         let id = self.counters.next_exchange.fetch_add(1, Ordering::Relaxed) + 1;
-        map.insert(
+        let ex = Arc::new(Exchange::new(
+            id,
             Str::from(name),
-            Arc::new(Exchange::new(
-                id,
-                Str::from(name),
-                kind,
-                options,
-                false,
-                self.config.route_cache_capacity,
-            )),
-        );
+            kind,
+            options,
+            false,
+            self.config.route_cache_capacity,
+        ));
+        if let Some(store) = &self.store
+            && ex.options.durable
+        {
+            let payload = recovery::exchange_payload(&ex);
+            store
+                .declare(Decl::Exchange(id), store::EXCHANGE, payload)
+                .map_err(|e| CoreError::Storage(e.to_string()))?;
+        }
+        map.insert(Str::from(name), ex);
         Ok(())
     }
 
@@ -1097,6 +1266,17 @@ impl Shared {
         }
         for (src, key, args) in ex.take_inbound() {
             src.unbind(&Dest::Exchange(ex.clone()), &key, &args);
+        }
+        if let Some(store) = &self.store
+            && ex.options.durable
+        {
+            let id = ex.id;
+            if let Err(e) =
+                store.undeclare(Decl::Exchange(id), store::EXCHANGE_DEL, &id.to_le_bytes())
+            {
+                tracing::error!(exchange = %ex.name, error = %e, "cannot journal an exchange deletion");
+            }
+            store.forget_bindings(|p| recovery::binding_refers_to_exchange(p, id));
         }
         Ok(())
     }
@@ -1140,7 +1320,7 @@ pub(crate) fn generated_name(prefix: &str) -> String {
     format!("{prefix}{a:016x}{b:016x}")
 }
 
-fn apply_policy(o: &mut QueueOptions, p: &crate::config::AddressPolicy) {
+pub(crate) fn apply_policy(o: &mut QueueOptions, p: &crate::config::AddressPolicy) {
     if o.message_ttl.is_none() {
         o.message_ttl = p.ttl.map(|d| d.get());
     }
@@ -1200,4 +1380,138 @@ fn check_equivalent(q: &Queue, wanted: &QueueOptions) -> CoreResult<()> {
         }
     }
     Ok(())
+}
+
+/// Recovery and compaction support.
+impl Shared {
+    pub(crate) fn exchange_list(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
+    pub(crate) fn insert_exchange(&self, ex: Arc<Exchange>) {
+        self.exchanges.write().insert(ex.name.clone(), ex);
+    }
+
+    pub(crate) fn set_next_exchange(&self, max: u64) {
+        self.counters
+            .next_exchange
+            .fetch_max(max, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_next_store_queue(&self, max: u64) {
+        self.next_store_queue.fetch_max(max, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_next_message(&self, max: u64) {
+        self.counters.next_message.fetch_max(max, Ordering::Relaxed);
+    }
+
+    /// Creates a recovered durable queue holding `entries`.
+    pub(crate) fn restore_queue(
+        &self,
+        name: Str,
+        options: QueueOptions,
+        store_id: u64,
+        store: &Store,
+        entries: impl Iterator<Item = crate::queue::Restored>,
+    ) -> Option<Arc<Queue>> {
+        let mut map = self.queues.write();
+        if map.contains_key(&name) {
+            tracing::warn!(queue = %name, "recovered queue clashes with an existing one; skipped");
+            return None;
+        }
+        let id = QueueId(self.counters.next_queue.fetch_add(1, Ordering::Relaxed) + 1);
+        let q = Arc::new(Queue::new(
+            id,
+            name.clone(),
+            options,
+            None,
+            self.me.clone(),
+            Some((store_id, store.clone())),
+            self.config.limits.queue_memory.bytes(),
+        ));
+        q.restore(&mut q.lock(), entries);
+        map.insert(name, q.clone());
+        Some(q)
+    }
+
+    /// Re-creates a recovered binding without journaling it again.
+    pub(crate) fn restore_queue_binding(
+        &self,
+        q: &Arc<Queue>,
+        ex: &Arc<Exchange>,
+        key: &str,
+        args: &Headers,
+    ) -> bool {
+        match ex.bind(Dest::Queue(QueueRef(q.clone())), key, args) {
+            Ok(_) => {
+                q.bindings.lock().push(BindingKey {
+                    exchange: ex.clone(),
+                    key: Str::from(key),
+                    arguments: args.clone(),
+                });
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub(crate) fn restore_exchange_binding(
+        &self,
+        src: &Arc<Exchange>,
+        dst: &Arc<Exchange>,
+        key: &str,
+        args: &Headers,
+    ) -> bool {
+        match src.bind(Dest::Exchange(dst.clone()), key, args) {
+            Ok(_) => {
+                dst.add_inbound(src.clone(), Str::from(key), args.clone());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// One compaction pass: segments whose live data fell under half are
+    /// emptied — live records copied to the tail under the locks that
+    /// order them, tombstones moved by the journal — so they can be deleted.
+    pub(crate) fn compact(&self) {
+        let Some(store) = &self.store else { return };
+        let segments = store.journal.sparse_segments(0.5);
+        if segments.is_empty() {
+            return;
+        }
+        let mut moved = match store.relocate_metadata(&segments) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "compaction stopped");
+                return;
+            }
+        };
+        let queues: Vec<Arc<Queue>> = self
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.store.is_some())
+            .cloned()
+            .collect();
+        for q in queues {
+            moved += q.relocate(&mut q.lock(), &segments);
+        }
+        let mut tombstones = 0;
+        for seg in &segments {
+            match store.journal.compact_tombstones(*seg) {
+                Ok(n) => tombstones += n,
+                Err(e) => {
+                    tracing::warn!(segment = seg, error = %e, "compaction could not move tombstones")
+                }
+            }
+        }
+        tracing::debug!(
+            segments = segments.len(),
+            moved,
+            tombstones,
+            "journal compaction"
+        );
+    }
 }

@@ -175,6 +175,10 @@ pub struct Limits {
     /// A client that connects but completes no protocol handshake within
     /// this time is disconnected.
     pub handshake_timeout: Dur,
+    /// Bytes of ready message bodies one queue keeps in memory; persistent
+    /// messages past it stay only in the journal and are read back as
+    /// consumers reach them (paging).
+    pub queue_memory: Size,
 }
 
 impl Default for Limits {
@@ -189,6 +193,7 @@ impl Default for Limits {
             max_connections: 100_000,
             max_connections_per_ip: 100_000,
             handshake_timeout: Dur::secs(10),
+            queue_memory: Size::mib(64),
         }
     }
 }

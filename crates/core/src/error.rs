@@ -47,6 +47,10 @@ pub enum CoreError {
     /// The broker is shutting down.
     #[error("broker is shutting down")]
     ShuttingDown,
+    /// The durable store failed (AMQP 541 INTERNAL_ERROR). A failed sync is
+    /// fatal to the store: persistent messages are refused from then on.
+    #[error("storage error: {0}")]
+    Storage(String),
 }
 
 impl CoreError {
@@ -65,6 +69,7 @@ impl CoreError {
             CoreError::AccessRefused(_) => 403,
             CoreError::ResourceLimit(_) => 506,
             CoreError::ShuttingDown => 320,
+            CoreError::Storage(_) => 541,
             CoreError::PreconditionFailed(_)
             | CoreError::InvalidArgument(_)
             | CoreError::UnknownDeliveryTag(_)

@@ -28,26 +28,39 @@
 //!   with RabbitMQ-style `x-death` headers.
 //! * A [`Transaction`] is applied all or nothing.
 //!
+//! Two small facilities shared by every listener of a broker: a
+//! retained-message store ([`Broker::retain`], [`Broker::retained`]: the last
+//! message per address) and a client registry ([`Broker::clients`]:
+//! exclusive claims on client ids, evicting the previous holder and handing
+//! its parked state to the next).
+//!
 //! The core never names a protocol.
 
 mod broker;
+mod clients;
 pub mod config;
 mod error;
 mod exchange;
 mod outbox;
 mod queue;
+mod recovery;
+mod retained;
 mod session;
 pub mod spi;
+mod store;
 pub mod traffic;
 mod watch;
 
 pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
+pub use clients::{Claim, ClientRegistry, ParkTicket, Parked};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
 pub use error::{CoreError, CoreResult};
 pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
 pub use outbox::{Deliveries, Delivery, Events, SessionEvent, WakeBatch};
 pub use queue::{DeadLetterTarget, DeathReason, QueueInfo, QueueOptions, QueueStats};
+pub use recovery::RecoveryReport;
 pub use session::{ConsumeOptions, Session, Subscribe, SubscriptionKind, Transaction};
+pub use switchyard_journal as journal;
 pub use switchyard_journal::Completion;
 pub use traffic::{Traffic, TrafficStats};
 pub use watch::QueueWatch;

@@ -17,14 +17,17 @@
 
 use crate::config::Overflow;
 use crate::outbox::{Delivery, Offer, Outbox, SessionEvent};
+use crate::store::{self, Store};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use switchyard_journal::RecordLoc;
 use switchyard_model::{
-    ConnId, ConsumerId, DeliveryTag, Headers, Message, Namespace, QueueId, Str, now_millis,
+    ConnId, ConsumerId, DeliveryTag, Headers, Message, MessageId, Namespace, QueueId, Str,
+    now_millis,
 };
 
 /// Where a queue's dead letters go.
@@ -94,6 +97,18 @@ impl DeathReason {
     }
 }
 
+/// A message recovered from the journal, for [`Queue::restore`].
+#[derive(Debug)]
+pub(crate) struct Restored {
+    pub(crate) id: MessageId,
+    pub(crate) loc: RecordLoc,
+    pub(crate) priority: u8,
+    pub(crate) expires_at: Option<u64>,
+    pub(crate) size: u32,
+    /// `None`: paged out (left on disk).
+    pub(crate) body: Option<Arc<Message>>,
+}
+
 /// A snapshot of a queue for management and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueInfo {
@@ -129,9 +144,10 @@ pub struct QueueStats {
 #[derive(Debug, Default)]
 pub(crate) struct Effects {
     pub(crate) dead: Vec<DeadLetter>,
-    /// Durable messages that left a durable queue: the journal records it.
-    pub(crate) removed: Vec<(QueueId, Arc<Message>)>,
     pub(crate) delete: Vec<Arc<Queue>>,
+    /// Something was written to the journal: a publisher that wants a
+    /// confirm waits for the next sync.
+    pub(crate) journaled: bool,
 }
 
 #[derive(Debug)]
@@ -142,18 +158,57 @@ pub(crate) struct DeadLetter {
     pub(crate) target: Option<DeadLetterTarget>,
 }
 
+/// A message in a queue: in memory, or paged out to the journal.
+#[derive(Debug)]
+enum Body {
+    Loaded(Arc<Message>),
+    /// Only on disk (the queue is over its memory budget); read back from
+    /// `Entry::loc` when it is delivered.
+    Paged {
+        id: MessageId,
+        priority: u8,
+    },
+}
+
 #[derive(Debug)]
 struct Entry {
-    msg: Arc<Message>,
+    body: Body,
+    /// Body length in bytes.
+    size: u32,
     seq: u64,
     deliveries: u32,
     expires_at: Option<u64>,
+    /// The journal record holding it (durable messages in durable queues).
+    loc: Option<RecordLoc>,
 }
 
 impl Entry {
     #[inline]
     fn size(&self) -> u64 {
-        self.msg.body.len() as u64
+        u64::from(self.size)
+    }
+
+    #[inline]
+    fn priority(&self) -> u8 {
+        match &self.body {
+            Body::Loaded(m) => m.priority(),
+            Body::Paged { priority, .. } => *priority,
+        }
+    }
+
+    #[inline]
+    fn loaded_size(&self) -> u64 {
+        match self.body {
+            Body::Loaded(_) => self.size(),
+            Body::Paged { .. } => 0,
+        }
+    }
+
+    fn id(&self) -> MessageId {
+        match &self.body {
+            Body::Loaded(m) => m.id,
+            Body::Paged { id, .. } => *id,
+        }
     }
 }
 
@@ -163,6 +218,8 @@ struct Ready {
     levels: Vec<VecDeque<Entry>>,
     len: usize,
     bytes: u64,
+    /// Bytes of the bodies held in memory (the rest is paged out).
+    loaded: u64,
 }
 
 impl Ready {
@@ -172,31 +229,37 @@ impl Ready {
             levels: (0..n).map(|_| VecDeque::new()).collect(),
             len: 0,
             bytes: 0,
+            loaded: 0,
         }
     }
 
     #[inline]
-    fn level_of(&self, msg: &Message) -> usize {
+    fn level_of(&self, priority: u8) -> usize {
         if self.levels.len() == 1 {
             0
         } else {
-            usize::from(msg.priority()).min(self.levels.len() - 1)
+            usize::from(priority).min(self.levels.len() - 1)
         }
     }
 
-    fn push_back(&mut self, e: Entry) {
-        let l = self.level_of(&e.msg);
+    #[inline]
+    fn count_in(&mut self, e: &Entry) {
         self.len += 1;
         self.bytes += e.size();
+        self.loaded += e.loaded_size();
+    }
+
+    fn push_back(&mut self, e: Entry) {
+        let l = self.level_of(e.priority());
+        self.count_in(&e);
         if let Some(level) = self.levels.get_mut(l) {
             level.push_back(e);
         }
     }
 
     fn push_front(&mut self, e: Entry) {
-        let l = self.level_of(&e.msg);
-        self.len += 1;
-        self.bytes += e.size();
+        let l = self.level_of(e.priority());
+        self.count_in(&e);
         if let Some(level) = self.levels.get_mut(l) {
             level.push_front(e);
         }
@@ -204,9 +267,8 @@ impl Ready {
 
     /// Puts a message back in its enqueue-order place.
     fn requeue(&mut self, e: Entry) {
-        let l = self.level_of(&e.msg);
-        self.len += 1;
-        self.bytes += e.size();
+        let l = self.level_of(e.priority());
+        self.count_in(&e);
         if let Some(level) = self.levels.get_mut(l) {
             let at = level.partition_point(|x| x.seq < e.seq);
             level.insert(at, e);
@@ -217,6 +279,7 @@ impl Ready {
         if let Some(e) = &e {
             self.len -= 1;
             self.bytes -= e.size();
+            self.loaded -= e.loaded_size();
         }
         e
     }
@@ -263,6 +326,7 @@ impl Ready {
                 if let Some(e) = level.pop_front() {
                     self.len -= 1;
                     self.bytes -= e.size();
+                    self.loaded -= e.loaded_size();
                     out.push(e);
                 }
             }
@@ -272,6 +336,7 @@ impl Ready {
     fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
         self.len = 0;
         self.bytes = 0;
+        self.loaded = 0;
         self.levels.iter_mut().flat_map(|l| l.drain(..))
     }
 }
@@ -356,6 +421,13 @@ pub(crate) struct Queue {
     /// removed with the queue.
     pub(crate) bindings: Mutex<Vec<crate::exchange::BindingKey>>,
     pub(crate) broker: Weak<crate::broker::Shared>,
+    /// Journal id of a persisted queue (0: not persisted).
+    pub(crate) store_id: u64,
+    /// Set for a durable queue when the broker has a journal.
+    pub(crate) store: Option<Store>,
+    /// Bytes of ready bodies kept in memory; durable messages past it are
+    /// paged out to the journal.
+    page_after: u64,
 }
 
 impl std::fmt::Debug for Queue {
@@ -374,8 +446,14 @@ impl Queue {
         options: QueueOptions,
         owner: Option<ConnId>,
         broker: Weak<crate::broker::Shared>,
+        persistence: Option<(u64, Store)>,
+        page_after: u64,
     ) -> Queue {
         let ready = Ready::new(options.max_priority);
+        let (store_id, store) = match persistence {
+            Some((id, s)) => (id, Some(s)),
+            None => (0, None),
+        };
         Queue {
             id,
             name,
@@ -397,6 +475,9 @@ impl Queue {
             }),
             bindings: Mutex::new(Vec::new()),
             broker,
+            store_id,
+            store,
+            page_after,
         }
     }
 
@@ -416,9 +497,56 @@ impl Queue {
             .store(owner.map_or(0, ConnId::get), Ordering::Relaxed);
     }
 
-    #[inline]
-    fn keeps_on_disk(&self, msg: &Message) -> bool {
-        self.options.durable && msg.properties.durable
+    /// The message of an entry, read back from the journal when it was
+    /// paged out. `None` when it cannot be read (logged as data loss).
+    fn materialize(&self, e: &mut Entry) -> Option<Arc<Message>> {
+        let id = match &e.body {
+            Body::Loaded(m) => return Some(m.clone()),
+            Body::Paged { id, .. } => *id,
+        };
+        let (Some(store), Some(loc)) = (&self.store, e.loc) else {
+            return None;
+        };
+        let read = store
+            .journal
+            .read(loc)
+            .map_err(|e| e.to_string())
+            .and_then(|(_, payload)| {
+                let mut d = store::codec::Dec(&payload);
+                d.u64().map_err(|e| e.to_string())?;
+                store::codec::read_message(&mut d).map_err(|e| e.to_string())
+            });
+        match read {
+            Ok(m) => {
+                let m = Arc::new(m);
+                e.body = Body::Loaded(m.clone());
+                Some(m)
+            }
+            Err(err) => {
+                tracing::error!(queue = %self.name, message = id.0, error = %err, "cannot read a paged-out message back; it is lost");
+                None
+            }
+        }
+    }
+
+    /// The entry leaves the queue for good (acked, dead-lettered, dropped):
+    /// its journal record gets a tombstone.
+    fn forget(&self, e: &Entry, fx: &mut Effects) {
+        if let (Some(store), Some(loc)) = (&self.store, e.loc) {
+            let mut payload = [0u8; 16];
+            let (q, m) = payload.split_at_mut(8);
+            q.copy_from_slice(&self.store_id.to_le_bytes());
+            m.copy_from_slice(&e.id().0.to_le_bytes());
+            match store.journal.append_tombstone(store::ACK, &payload, loc) {
+                Ok(_) => {
+                    store.journal.release(loc);
+                    fx.journaled = true;
+                }
+                Err(err) => {
+                    tracing::error!(queue = %self.name, error = %err, "cannot journal a removal")
+                }
+            }
+        }
     }
 
     fn over_limit(&self, st: &State) -> bool {
@@ -428,19 +556,19 @@ impl Queue {
             || self.options.max_bytes.is_some_and(|m| st.ready.bytes > m)
     }
 
-    fn dead_letter(&self, st: &mut State, entry: Entry, reason: DeathReason, fx: &mut Effects) {
-        if self.keeps_on_disk(&entry.msg) {
-            fx.removed.push((self.id, entry.msg.clone()));
-        }
+    fn dead_letter(&self, st: &mut State, mut entry: Entry, reason: DeathReason, fx: &mut Effects) {
+        self.forget(&entry, fx);
         match reason {
             DeathReason::Expired => st.stats.expired += 1,
             DeathReason::MaxLen => st.stats.dropped += 1,
             DeathReason::Rejected | DeathReason::DeliveryLimit => {}
         }
-        if self.options.dead_letter.is_some() {
+        if self.options.dead_letter.is_some()
+            && let Some(message) = self.materialize(&mut entry)
+        {
             st.stats.dead_lettered += 1;
             fx.dead.push(DeadLetter {
-                message: entry.msg,
+                message,
                 reason,
                 queue: self.name.clone(),
                 target: self.options.dead_letter.clone(),
@@ -471,13 +599,40 @@ impl Queue {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // A durable message in a persisted queue is journaled before the
+        // queue takes it (under the queue's lock: the log's order is the
+        // queue's order).
+        let loc = match &self.store {
+            Some(store) if msg.properties.durable => {
+                let appended = store::with_encoded(
+                    |e| {
+                        e.u64(self.store_id);
+                        store::codec::message(e, msg);
+                    },
+                    |payload| store.journal.append(store::MSG, payload),
+                );
+                match appended {
+                    Ok(loc) => {
+                        fx.journaled = true;
+                        Some(loc)
+                    }
+                    Err(err) => {
+                        tracing::error!(queue = %self.name, error = %err, "cannot journal a persistent message; refused");
+                        return Enqueued::Rejected;
+                    }
+                }
+            }
+            _ => None,
+        };
         let seq = st.next_seq;
         st.next_seq += 1;
         let entry = Entry {
-            msg: msg.clone(),
+            body: Body::Loaded(msg.clone()),
+            size: u32::try_from(msg.body.len()).unwrap_or(u32::MAX),
             seq,
             deliveries: 0,
             expires_at,
+            loc,
         };
         st.stats.enqueued += 1;
         // Fast path: nothing is waiting and a consumer can take it now.
@@ -489,7 +644,15 @@ impl Queue {
         } else {
             entry
         };
-        let level = st.ready.level_of(msg);
+        let level = st.ready.level_of(msg.priority());
+        let mut entry = entry;
+        // Over its memory budget a queue keeps durable bodies on disk only.
+        if entry.loc.is_some() && st.ready.loaded + entry.size() > self.page_after {
+            entry.body = Body::Paged {
+                id: msg.id,
+                priority: msg.priority(),
+            };
+        }
         st.ready.push_back(entry);
         self.watch.ready_gained();
         if !st.stalled {
@@ -502,6 +665,8 @@ impl Queue {
                         st.stats.rejected_publishes += 1;
                         if self.options.overflow == Overflow::RejectPublishDlx {
                             self.dead_letter(st, e, DeathReason::MaxLen, fx);
+                        } else {
+                            self.forget(&e, fx);
                         }
                         return Enqueued::Rejected;
                     }
@@ -549,12 +714,15 @@ impl Queue {
         let Some(slot) = st.consumers.get_mut(idx) else {
             return Some(entry);
         };
+        let Body::Loaded(message) = &entry.body else {
+            return Some(entry);
+        };
         let tag = st.next_tag;
         entry.deliveries += 1;
         let delivery = Delivery {
             consumer: slot.id,
             tag: DeliveryTag(tag),
-            message: entry.msg.clone(),
+            message: message.clone(),
             redelivered: entry.deliveries > 1,
             delivery_count: entry.deliveries,
         };
@@ -564,8 +732,8 @@ impl Queue {
                 st.stats.delivered += 1;
                 if slot.manual_ack {
                     slot.unacked.insert(tag, entry);
-                } else if self.keeps_on_disk(&entry.msg) {
-                    fx.removed.push((self.id, entry.msg));
+                } else {
+                    self.forget(&entry, fx);
                 }
                 st.cursor = (idx + 1) % n;
                 None
@@ -621,6 +789,11 @@ impl Queue {
                     continue;
                 }
             }
+            let Some(message) = self.materialize(&mut entry) else {
+                st.stats.dropped += 1;
+                self.forget(&entry, fx);
+                continue;
+            };
             let Some(slot) = st.consumers.get_mut(idx) else {
                 st.ready.push_front(entry);
                 break;
@@ -630,7 +803,7 @@ impl Queue {
             let delivery = Delivery {
                 consumer: slot.id,
                 tag: DeliveryTag(tag),
-                message: entry.msg.clone(),
+                message,
                 redelivered: entry.deliveries > 1,
                 delivery_count: entry.deliveries,
             };
@@ -643,8 +816,8 @@ impl Queue {
                     }
                     if slot.manual_ack {
                         slot.unacked.insert(tag, entry);
-                    } else if self.keeps_on_disk(&entry.msg) {
-                        fx.removed.push((self.id, entry.msg));
+                    } else {
+                        self.forget(&entry, fx);
                     }
                     st.cursor = (idx + 1) % n;
                 }
@@ -781,10 +954,8 @@ impl Queue {
         let entries = Self::take_unacked(st, consumer, tag, multiple)?;
         let n = entries.len();
         st.stats.acked += n as u64;
-        for e in entries {
-            if self.keeps_on_disk(&e.msg) {
-                fx.removed.push((self.id, e.msg));
-            }
+        for e in &entries {
+            self.forget(e, fx);
         }
         self.dispatch(st, fx);
         Ok(n)
@@ -933,6 +1104,11 @@ impl Queue {
                 self.dead_letter(st, entry, DeathReason::Expired, fx);
                 continue;
             }
+            let Some(message) = self.materialize(&mut entry) else {
+                st.stats.dropped += 1;
+                self.forget(&entry, fx);
+                continue;
+            };
             entry.deliveries += 1;
             let tag = st.next_tag;
             st.next_tag += 1;
@@ -943,14 +1119,14 @@ impl Queue {
             let delivery = Delivery {
                 consumer,
                 tag: DeliveryTag(tag),
-                message: entry.msg.clone(),
+                message,
                 redelivered: entry.deliveries > 1,
                 delivery_count: entry.deliveries,
             };
             if manual_ack {
                 Self::slot_mut(st, consumer)?.unacked.insert(tag, entry);
-            } else if self.keeps_on_disk(&entry.msg) {
-                fx.removed.push((self.id, entry.msg));
+            } else {
+                self.forget(&entry, fx);
             }
             return Ok(Some((delivery, st.ready.len as u64)));
         }
@@ -986,13 +1162,10 @@ impl Queue {
     /// Removes every ready message; returns how many.
     pub(crate) fn purge(&self, st: &mut State, fx: &mut Effects) -> u64 {
         let n = st.ready.len as u64;
-        let on_disk: Vec<Arc<Message>> = st
-            .ready
-            .drain()
-            .filter(|e| self.keeps_on_disk(&e.msg))
-            .map(|e| e.msg)
-            .collect();
-        fx.removed.extend(on_disk.into_iter().map(|m| (self.id, m)));
+        let gone: Vec<Entry> = st.ready.drain().collect();
+        for e in &gone {
+            self.forget(e, fx);
+        }
         n
     }
 
@@ -1004,20 +1177,102 @@ impl Queue {
         fx: &mut Effects,
     ) -> Vec<(ConsumerId, Arc<Outbox>, ConnId)> {
         st.deleted = true;
-        self.purge(st, fx);
+        let _ = fx;
+        // The queue's own tombstone (written by the broker) covers its
+        // messages: their records are released without one each.
+        let release = |e: &Entry| {
+            if let (Some(store), Some(loc)) = (&self.store, e.loc) {
+                store.journal.release(loc);
+            }
+        };
+        for e in st.ready.drain() {
+            release(&e);
+        }
         self.watch.ready_gained();
         let consumers = std::mem::take(&mut st.consumers);
         consumers
             .into_iter()
             .map(|c| {
-                for (_, e) in c.unacked {
-                    if self.keeps_on_disk(&e.msg) {
-                        fx.removed.push((self.id, e.msg));
-                    }
+                for e in c.unacked.values() {
+                    release(e);
                 }
                 (c.id, c.outbox, c.session)
             })
             .collect()
+    }
+
+    /// Puts recovered messages in, in order, without journaling them again.
+    pub(crate) fn restore(&self, st: &mut State, entries: impl Iterator<Item = Restored>) {
+        for r in entries {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            if r.expires_at.is_some() {
+                self.expiring.store(true, Ordering::Relaxed);
+            }
+            let body = match r.body {
+                Some(m) => Body::Loaded(m),
+                None => Body::Paged {
+                    id: r.id,
+                    priority: r.priority,
+                },
+            };
+            st.ready.push_back(Entry {
+                body,
+                size: r.size,
+                seq,
+                deliveries: 0,
+                expires_at: r.expires_at,
+                loc: Some(r.loc),
+            });
+        }
+    }
+
+    /// Compaction: copies the records of this queue's messages that sit in
+    /// `segments` to the journal's tail (under the queue's lock, so no ack
+    /// can slip between) and releases the originals. Returns how many moved.
+    pub(crate) fn relocate(&self, st: &mut State, segments: &[u32]) -> usize {
+        let Some(store) = &self.store else { return 0 };
+        let mut moved = 0;
+        let store_id = self.store_id;
+        let mut one = |e: &mut Entry| {
+            let Some(old) = e.loc.filter(|l| segments.contains(&l.segment)) else {
+                return;
+            };
+            let appended = match &e.body {
+                Body::Loaded(m) => store::with_encoded(
+                    |enc| {
+                        enc.u64(store_id);
+                        store::codec::message(enc, m);
+                    },
+                    |p| store.journal.append(store::MSG, p),
+                ),
+                Body::Paged { .. } => store
+                    .journal
+                    .read(old)
+                    .and_then(|(kind, p)| store.journal.append(kind, &p)),
+            };
+            match appended {
+                Ok(new) => {
+                    e.loc = Some(new);
+                    store.journal.release(old);
+                    moved += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(queue = %self.name, error = %err, "compaction could not move a record")
+                }
+            }
+        };
+        for level in &mut st.ready.levels {
+            for e in level.iter_mut() {
+                one(e);
+            }
+        }
+        for c in &mut st.consumers {
+            for e in c.unacked.values_mut() {
+                one(e);
+            }
+        }
+        moved
     }
 
     pub(crate) fn is_deleted(st: &State) -> bool {

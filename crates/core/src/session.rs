@@ -206,6 +206,14 @@ impl Session {
         Outbox::receiver(&self.outbox)
     }
 
+    /// Waits until everything journaled so far is on disk (tests and
+    /// shutdown; publishers wait on [`Published::completion`]).
+    pub async fn sync_for_tests(&self) {
+        if let Some(store) = &self.broker.shared.store {
+            let _ = store.sync().await;
+        }
+    }
+
     /// Publishes, stamping this session as the origin.
     pub fn publish(&self, mut msg: Message) -> CoreResult<Published> {
         msg.origin = self.origin();
@@ -327,6 +335,11 @@ impl Session {
     pub fn subscribe(&mut self, sub: Subscribe) -> CoreResult<ConsumerId> {
         self.check_consumer_limit()?;
         let mut options = sub.queue;
+        // Address policies match a subscription by its filter (the queue's
+        // generated name means nothing to an operator).
+        if let Some(policy) = self.broker.config().policy_for(sub.filter.as_str()) {
+            crate::broker::apply_policy(&mut options, policy);
+        }
         let (name, temporary): (Str, bool) = match &sub.kind {
             SubscriptionKind::Temporary => {
                 options.durable = false;
@@ -619,6 +632,14 @@ impl Session {
             };
         }
         drop(guards);
+        // A transaction that wrote to the journal is confirmed once it is on disk.
+        if fx.journaled
+            && let Some(store) = &shared.store
+        {
+            for p in &mut results {
+                p.completion = Some(store.sync());
+            }
+        }
         shared.apply(fx);
         Ok(results)
     }

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use switchyard_core::{AddressPolicy, CoreConfig, Dur, Limits};
+use switchyard_core::journal::FsyncPolicy;
+use switchyard_core::{AddressPolicy, CoreConfig, Dur, Limits, Size};
 
 /// A configuration error, with the key path it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +93,37 @@ impl Default for LogSection {
     }
 }
 
+/// `[journal]`: the durable store.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// Keep durable state (durable queues, exchanges, bindings, persistent
+    /// messages) in `server.data_dir/journal`. When false, nothing survives
+    /// a restart and persistent messages are confirmed without a disk write.
+    pub enabled: bool,
+    /// `always`: every write batch is `fdatasync`ed before its publishers
+    /// are confirmed; `batch`: the same, but the writer may wait
+    /// `max_batch_delay` to gather more into one sync (group commit);
+    /// `never`: written to the OS only (survives a crash of the process, not
+    /// of the machine).
+    pub fsync: String,
+    /// Size at which a segment file is closed and the next one started.
+    pub segment_size: Size,
+    /// `batch` only: longest wait to gather writes into one sync.
+    pub max_batch_delay: Dur,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            enabled: true,
+            fsync: "batch".to_owned(),
+            segment_size: Size::mib(64),
+            max_batch_delay: Dur::millis(0),
+        }
+    }
+}
+
 /// `[listeners.NAME]` as written; protocol options are kept raw and checked
 /// by the protocol's own config type.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -118,6 +150,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub listeners: BTreeMap<String, RawListener>,
     #[serde(default)]
+    pub journal: JournalSection,
+    #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub addresses: BTreeMap<String, AddressPolicy>,
@@ -140,6 +174,7 @@ pub struct Config {
     pub log: LogSection,
     pub listeners: Vec<ListenerConfig>,
     pub core: CoreConfig,
+    pub journal: JournalSection,
 }
 
 impl Config {
@@ -252,6 +287,20 @@ impl Config {
                 ));
             }
         }
+        if FsyncPolicy::parse(&raw.journal.fsync).is_none() {
+            return Err(ConfigError::new(
+                "journal.fsync",
+                format!("'{}' is not one of always, batch, never", raw.journal.fsync),
+            ));
+        }
+        if raw.journal.segment_size.bytes() < 64 * 1024
+            || raw.journal.segment_size.bytes() > u64::from(u32::MAX)
+        {
+            return Err(ConfigError::new(
+                "journal.segment_size",
+                "must be between 64KiB and 4GiB",
+            ));
+        }
         if raw.limits.connection_buffer == 0 {
             return Err(ConfigError::new(
                 "limits.connection_buffer",
@@ -268,6 +317,7 @@ impl Config {
             log: raw.log,
             listeners: out,
             core,
+            journal: raw.journal,
         })
     }
 

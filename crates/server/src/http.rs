@@ -43,7 +43,8 @@ struct AppState {
 
 pub(crate) struct Serve {
     pub(crate) socket: TcpListener,
-    pub(crate) config: Box<switchyard_http::HttpConfig>,
+    /// The HTTP adapter's routes (opened once the broker has recovered).
+    pub(crate) api: switchyard_http::HttpApi,
     /// How long open connections get after `stop` before they are cut.
     pub(crate) grace: Duration,
     pub(crate) ctx: Arc<Ctx>,
@@ -75,13 +76,12 @@ fn router(state: AppState, ws: &[WsService]) -> Router {
 }
 
 pub(crate) async fn serve(s: Serve) {
-    let api =
-        switchyard_http::HttpApi::new((*s.config).clone(), s.ctx.broker.clone(), s.stop.clone());
+    let api = s.api;
     let switch = Arc::new(KillSwitch::default());
     let listener = HttpListener {
         socket: s.socket,
         admission: s.ctx.admission.clone(),
-        write_timeout: s.config.write_timeout.get(),
+        write_timeout: api.config().write_timeout.get(),
         switch: switch.clone(),
     };
     let state = AppState {
@@ -176,12 +176,26 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ctx = &state.ctx;
     let ready = ctx.ready.load(Ordering::Acquire);
+    let recovery = ctx.recovery.lock().as_ref().map(|r| {
+        serde_json::json!({
+            "elapsed_ms": r.elapsed.as_millis() as u64,
+            "queues": r.queues,
+            "exchanges": r.exchanges,
+            "bindings": r.bindings,
+            "messages": r.messages,
+            "paged": r.paged,
+            "segments": r.journal.segments,
+            "records": r.journal.records,
+            "torn_bytes": r.journal.torn_bytes,
+        })
+    });
     let body = serde_json::json!({
         "ready": ready,
         "shutting_down": ctx.shutting_down.load(Ordering::Acquire),
         "name": ctx.name,
         "uptime_ms": ctx.started.elapsed().as_millis() as u64,
         "ready_after_ms": ctx.ready_after.lock().map(|d| d.as_millis() as u64),
+        "recovery": recovery,
     });
     let status = if ready {
         StatusCode::OK

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use switchyard_core::Broker;
+use switchyard_core::journal::{FsyncPolicy, Journal, JournalConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +37,8 @@ use tokio_util::task::TaskTracker;
 pub enum ServerError {
     #[error("configuration error: {0}")]
     Config(#[from] ConfigError),
+    #[error("the journal cannot be opened or recovered: {0}")]
+    Journal(String),
     #[error("listener '{listener}' cannot bind {addr}: {source}")]
     Bind {
         listener: String,
@@ -62,6 +65,8 @@ pub(crate) struct Ctx {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) ready_after: parking_lot::Mutex<Option<Duration>>,
+    /// What the journal's recovery found (reported by `/readyz`).
+    pub(crate) recovery: parking_lot::Mutex<Option<switchyard_core::RecoveryReport>>,
     pub(crate) name: String,
 }
 
@@ -84,7 +89,18 @@ impl Server {
     /// listener is bound (so `local_addr` answers).
     pub async fn start(config: Config) -> Result<Server, ServerError> {
         let started = Instant::now();
-        let broker = Broker::new(config.core.clone());
+        let broker = if config.journal.enabled {
+            let dir = config.server.data_dir.join("journal");
+            let mut jc = JournalConfig::new(&dir);
+            jc.segment_size = config.journal.segment_size.bytes();
+            jc.fsync = FsyncPolicy::parse(&config.journal.fsync).unwrap_or_default();
+            jc.max_batch_delay = config.journal.max_batch_delay.get();
+            let journal = Journal::open(jc)
+                .map_err(|e| ServerError::Journal(format!("{}: {e}", dir.display())))?;
+            Broker::with_journal(config.core.clone(), journal)
+        } else {
+            Broker::new(config.core.clone())
+        };
         let protocols: Vec<&'static str> = registry::PROTOCOLS.iter().map(|p| p.name).collect();
         let limits = &config.core.limits;
         let admission = Arc::new(Admission::new(
@@ -99,6 +115,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             started,
             ready_after: parking_lot::Mutex::new(None),
+            recovery: parking_lot::Mutex::new(None),
             name: config.server.name.clone(),
         });
         let stop_accepting = CancellationToken::new();
@@ -154,26 +171,28 @@ impl Server {
                 socket,
             ));
         }
+        // The HTTP listener starts first, so /healthz answers and /readyz
+        // says 503 while the journal is recovered; stream listeners accept
+        // connections only once recovery is done.
         let mut bound = Vec::new();
         let config_grace = config.server.shutdown_grace.get();
+        let mut streams = Vec::new();
+        let mut http_apis = Vec::new();
         for (b, protocol, service, socket) in sockets {
             match service {
                 Service::Stream(adapter) => {
-                    listeners.spawn(listener::accept_loop(listener::Accept {
-                        socket,
-                        name: b.name.clone(),
-                        protocol,
-                        adapter,
-                        ctx: ctx.clone(),
-                        stop: stop_accepting.clone(),
-                        close: close_connections.clone(),
-                        connections: connections.clone(),
-                    }));
+                    streams.push((b.name.clone(), protocol, adapter, socket))
                 }
                 Service::Http(config) => {
+                    let api = switchyard_http::HttpApi::new(
+                        *config,
+                        broker.clone(),
+                        stop_accepting.clone(),
+                    );
+                    http_apis.push(api.clone());
                     listeners.spawn(http::serve(http::Serve {
                         socket,
-                        config,
+                        api,
                         grace: config_grace,
                         ctx: ctx.clone(),
                         ws: ws_routes.clone(),
@@ -184,6 +203,41 @@ impl Server {
                 }
             }
             bound.push(b);
+        }
+        let recovering = broker.clone();
+        let report = tokio::task::spawn_blocking(move || recovering.recover())
+            .await
+            .map_err(|e| ServerError::Journal(e.to_string()))?
+            .map_err(|e| ServerError::Journal(e.to_string()))?;
+        if config.journal.enabled {
+            tracing::info!(
+                queues = report.queues,
+                exchanges = report.exchanges,
+                bindings = report.bindings,
+                messages = report.messages,
+                paged = report.paged,
+                segments = report.journal.segments,
+                records = report.journal.records,
+                torn_bytes = report.journal.torn_bytes,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "journal recovered"
+            );
+        }
+        *ctx.recovery.lock() = Some(report);
+        for api in http_apis {
+            api.open();
+        }
+        for (name, protocol, adapter, socket) in streams {
+            listeners.spawn(listener::accept_loop(listener::Accept {
+                socket,
+                name,
+                protocol,
+                adapter,
+                ctx: ctx.clone(),
+                stop: stop_accepting.clone(),
+                close: close_connections.clone(),
+                connections: connections.clone(),
+            }));
         }
         let maintenance = broker.start_maintenance();
         ctx.ready.store(true, Ordering::Release);
@@ -256,6 +310,9 @@ impl Server {
         }
         self.ctx.broker.shutdown();
         let _ = self.maintenance.await;
+        if let Err(e) = self.ctx.broker.close_journal().await {
+            tracing::error!(error = %e, "the journal could not be flushed at shutdown");
+        }
         tracing::info!("stopped");
     }
 }

@@ -185,7 +185,61 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         s.route_cache_hits as f64 / lookups as f64
     };
     let _ = writeln!(out, "switchyard_route_cache_hit_ratio {ratio}");
-    store(&mut out, ctx);
+
+    if let Some(j) = ctx.broker.journal_stats() {
+        let journal: [(&str, &str, &str, u64); 7] = [
+            (
+                "switchyard_store_records_appended_total",
+                "counter",
+                "Journal records appended.",
+                j.records_appended,
+            ),
+            (
+                "switchyard_store_bytes_appended_total",
+                "counter",
+                "Bytes appended to the journal.",
+                j.bytes_appended,
+            ),
+            (
+                "switchyard_store_batches_total",
+                "counter",
+                "Write batches (group commits) of the journal writer.",
+                j.batches,
+            ),
+            (
+                "switchyard_store_fsyncs_total",
+                "counter",
+                "fdatasync calls.",
+                j.fsyncs,
+            ),
+            (
+                "switchyard_store_fsync_seconds_total",
+                "counter",
+                "Time spent in fdatasync, microseconds / 1e6.",
+                j.fsync_micros,
+            ),
+            (
+                "switchyard_store_segments",
+                "gauge",
+                "Journal segment files.",
+                j.segments,
+            ),
+            (
+                "switchyard_store_live_records",
+                "gauge",
+                "Journal records still needed.",
+                j.live_records,
+            ),
+        ];
+        for (name, kind, help, v) in journal {
+            family(&mut out, name, kind, help);
+            if name == "switchyard_store_fsync_seconds_total" {
+                let _ = writeln!(out, "{name} {}", v as f64 / 1e6);
+            } else {
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+    }
 
     let queues: Vec<_> = ctx
         .broker
@@ -264,10 +318,3 @@ fn traffic(
         }
     }
 }
-
-/// The durable store's figures: fsyncs and batch sizes
-/// (`switchyard_store_fsyncs_total`, `switchyard_store_batch_records`
-/// histogram). Nothing yet: the broker has no journal until the durable
-/// store lands (issue 8), which renders its figures here from the
-/// journal's statistics.
-fn store(_out: &mut String, _ctx: &Ctx) {}

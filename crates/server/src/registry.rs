@@ -84,6 +84,23 @@ pub static PROTOCOLS: &[Protocol] = &[
             Ok(Service::Stream(Arc::new(adapter)))
         },
     },
+    Protocol {
+        name: "mqtt",
+        default_port: 1883,
+        websocket: Some(WsRoute {
+            path: "/mqtt",
+            subprotocols: &["mqtt", "mqttv3.1"],
+            frames: crate::ws::FrameKind::Binary,
+        }),
+        check_options: |path, opts| mqtt_config(path, opts).map(|_| ()),
+        build: |l| {
+            let path = format!("listeners.{}", l.name);
+            let config = mqtt_config(&path, &l.options)?;
+            Ok(Service::Stream(Arc::new(
+                switchyard_mqtt::MqttAdapter::new(config),
+            )))
+        },
+    },
 ];
 
 fn amqp_config(
@@ -102,6 +119,17 @@ fn http_config(
     let c: switchyard_http::HttpConfig = options(path, opts)?;
     c.validate().map_err(|e| ConfigError::new(path, e))?;
     Ok(c)
+}
+
+fn mqtt_config(
+    path: &str,
+    opts: &BTreeMap<String, figment::value::Value>,
+) -> Result<switchyard_mqtt::MqttConfig, ConfigError> {
+    let config: switchyard_mqtt::MqttConfig = options(path, opts)?;
+    config
+        .validate()
+        .map_err(|(key, message)| ConfigError::new(format!("{path}.{key}"), message))?;
+    Ok(config)
 }
 
 pub fn protocol(name: &str) -> Option<&'static Protocol> {

@@ -63,6 +63,9 @@ impl BrokerProcess {
             .env("SWITCHYARD_LOG__FORMAT", "json")
             .env("SWITCHYARD_LOG__LEVEL", "info")
             .env_remove("RUST_LOG")
+            // Harness variables, not configuration keys.
+            .env_remove("SWITCHYARD_BIN")
+            .env_remove("SWITCHYARD_TEST_ECHO")
             .env("SWITCHYARD_SERVER__DATA_DIR", data_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use switchyard_core::{
     Broker, DeclareQueue, Overflow, Published, QueueOptions, Subscribe, SubscriptionKind, Traffic,
     WakeBatch,
@@ -43,6 +44,9 @@ pub(crate) struct Api {
     consumers: Arc<Consumers>,
     max_body: usize,
     poll: PollLimits,
+    /// Set by [`HttpApi::open`] once the broker has recovered its store;
+    /// until then every route but the OpenAPI document answers 503.
+    open: AtomicBool,
     /// Stops the visibility reaper when the listener's API is dropped.
     _reaper: DropGuard,
 }
@@ -57,7 +61,7 @@ impl HttpApi {
     /// The API of one listener. `stop` is the listener's stop signal: open
     /// Server-Sent Events streams and long polls end when it is cancelled.
     /// Must be called inside a Tokio runtime (it starts the visibility
-    /// timer task).
+    /// timer task). The routes answer 503 `starting` until [`HttpApi::open`].
     pub fn new(config: HttpConfig, broker: Broker, stop: CancellationToken) -> HttpApi {
         let reaper = stop.child_token();
         let consumers = Consumers::start(broker.clone(), config.max_unacked, reaper.clone());
@@ -84,6 +88,7 @@ impl HttpApi {
                 consumers,
                 max_body,
                 poll,
+                open: AtomicBool::new(false),
                 _reaper: reaper.drop_guard(),
             }),
         }
@@ -105,6 +110,17 @@ impl HttpApi {
             .with_state(self.api.clone())
     }
 
+    /// Starts serving: the broker has recovered its store (call once
+    /// `Broker::recover` is done; before, publishing would race recovery).
+    pub fn open(&self) {
+        self.api.open.store(true, Ordering::Release);
+    }
+
+    /// The listener's options.
+    pub fn config(&self) -> &HttpConfig {
+        &self.api.config
+    }
+
     /// Messages received by long-poll consumers and not yet acknowledged.
     pub fn unacked(&self) -> usize {
         self.api.consumers.unacked()
@@ -112,6 +128,21 @@ impl HttpApi {
 }
 
 type St = State<Arc<Api>>;
+
+impl Api {
+    /// 503 `starting` until the broker has recovered.
+    #[inline]
+    fn check_open(&self) -> Result<(), ApiError> {
+        if self.open.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(ApiError::unavailable(
+                "starting",
+                "the broker is recovering its store; try again shortly",
+            ))
+        }
+    }
+}
 
 /// The `{name}` segment after `prefix` (and before `suffix`), decoded.
 fn segment<'a>(
@@ -188,6 +219,7 @@ async fn read_body(
 async fn publish_topic(State(api): St, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let result = async {
+        api.check_open()?;
         let address = segment(parts.uri.path(), "/v1/topics/", "")?;
         let address = mapping::address(&address)?;
         let params = mapping::publish_params(parts.uri.query())?;
@@ -201,6 +233,7 @@ async fn publish_topic(State(api): St, req: Request) -> Response {
 async fn publish_queue(State(api): St, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let result = async {
+        api.check_open()?;
         let name = segment(parts.uri.path(), "/v1/queues/", "")?;
         mapping::check_queue_name(&name)?;
         let params = mapping::publish_params(parts.uri.query())?;
@@ -395,6 +428,7 @@ impl Api {
 
 async fn events(State(api): St, req: Request) -> Response {
     let result = (|| {
+        api.check_open()?;
         let filter = segment(req.uri().path(), "/v1/topics/", "/events")?;
         let filter = AddressFilter::new(&filter)
             .map_err(|e| ApiError::bad_request("invalid_filter", e.to_string()))?;
@@ -442,6 +476,7 @@ async fn events(State(api): St, req: Request) -> Response {
 async fn poll(State(api): St, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let result = async {
+        api.check_open()?;
         let name = segment(parts.uri.path(), "/v1/queues/", "/messages")?;
         mapping::check_queue_name(&name)?;
         let p = mapping::poll_params(parts.uri.query(), &api.poll)?;
@@ -485,6 +520,7 @@ async fn nack(state: St, req: Request) -> Response {
 async fn settle(State(api): St, req: Request, negative: bool) -> Response {
     let (parts, body) = req.into_parts();
     let result = async {
+        api.check_open()?;
         let suffix = if negative { "/nack" } else { "/ack" };
         let name = segment(parts.uri.path(), "/v1/queues/", suffix)?;
         mapping::check_queue_name(&name)?;

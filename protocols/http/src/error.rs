@@ -91,6 +91,9 @@ impl From<CoreError> for ApiError {
             }
             CoreError::ResourceLimit(_) => ApiError::unavailable("resource_limit", detail),
             CoreError::ShuttingDown => ApiError::unavailable("shutting_down", detail),
+            CoreError::Storage(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", detail)
+            }
             CoreError::MessageTooLarge { .. } => ApiError::too_large(detail),
             CoreError::Address(_) => ApiError::bad_request("invalid_address", detail),
             CoreError::InvalidArgument(_) => ApiError::bad_request("invalid_parameter", detail),
