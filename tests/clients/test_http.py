@@ -225,3 +225,29 @@ def test_openapi_document_is_served_from_docs(broker):
     doc = r.json()
     assert doc["openapi"].startswith("3.")
     assert "/v1/topics/{filter}/events" in doc["paths"]
+
+
+def test_durable_publish_is_on_disk_when_answered_and_survives_a_restart(broker_factory, tmp_path):
+    first = broker_factory(data_dir=str(tmp_path))
+    base = first.url()
+    fsyncs = lambda b: metrics(b)[1][("switchyard_store_fsyncs_total", ())]
+    before = fsyncs(first)
+    r = post(f"{base}/v1/queues/py.durable?durable=true", b"kept", {"x-msg-k": "v"})
+    assert r["routed"] == 1
+    # The answer came after the journal's sync.
+    assert fsyncs(first) > before
+    post(f"{base}/v1/queues/py.durable", b"not persistent")
+    # A received, unacknowledged durable message is not lost either.
+    post(f"{base}/v1/queues/py.held?durable=true", b"held")
+    got = requests.get(f"{base}/v1/queues/py.held/messages", timeout=10).json()["messages"]
+    assert got[0]["body"] == "held"
+    assert first.stop() == 0
+
+    second = broker_factory(data_dir=str(tmp_path))
+    base = second.url()
+    got = requests.get(f"{base}/v1/queues/py.durable/messages?max=10", timeout=10).json()["messages"]
+    assert [m["body"] for m in got] == ["kept"]
+    assert got[0]["headers"]["x-msg-k"] == "v"
+    assert got[0]["durable"] is True
+    held = requests.get(f"{base}/v1/queues/py.held/messages", timeout=10).json()["messages"]
+    assert [m["body"] for m in held] == ["held"]
