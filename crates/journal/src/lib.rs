@@ -139,7 +139,14 @@ impl Completion {
         Completion(CompletionInner::Ready(Some(result)))
     }
 
-    fn pending(rx: oneshot::Receiver<Result<(), JournalError>>) -> Self {
+    /// A completion and the sender that resolves it (tests, and callers
+    /// that complete something on the journal's behalf).
+    pub fn pending() -> (Self, oneshot::Sender<Result<(), JournalError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Completion(CompletionInner::Pending(rx)), tx)
+    }
+
+    fn waiting(rx: oneshot::Receiver<Result<(), JournalError>>) -> Self {
         Completion(CompletionInner::Pending(rx))
     }
 }
@@ -612,7 +619,7 @@ impl Journal {
         t.waiters.push((target, tx));
         drop(t);
         self.inner.work.notify_one();
-        Completion::pending(rx)
+        Completion::waiting(rx)
     }
 
     /// Reads a record back (paging). Waits, briefly, if it is still on its

@@ -101,6 +101,23 @@ pub static PROTOCOLS: &[Protocol] = &[
             )))
         },
     },
+    Protocol {
+        name: "stomp",
+        default_port: 61613,
+        websocket: Some(WsRoute {
+            path: "/stomp",
+            subprotocols: &["v12.stomp", "v11.stomp", "v10.stomp"],
+            frames: crate::ws::FrameKind::TextIfUtf8,
+        }),
+        check_options: |path, opts| options::<switchyard_stomp::StompConfig>(path, opts).map(drop),
+        build: |l| {
+            let path = format!("listeners.{}", l.name);
+            let config = options::<switchyard_stomp::StompConfig>(&path, &l.options)?;
+            Ok(Service::Stream(Arc::new(
+                switchyard_stomp::StompAdapter::new(config),
+            )))
+        },
+    },
 ];
 
 fn amqp_config(
