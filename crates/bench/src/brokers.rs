@@ -141,3 +141,30 @@ pub async fn start_nats_server() -> Result<BrokerProc> {
         dir,
     })
 }
+
+/// Starts the axum echo endpoint (`switchyard-bench echo-server`, this
+/// very binary) on a free port: the reference for HTTP publish rates.
+pub async fn start_echo() -> Result<BrokerProc> {
+    let dir = scratch_dir("echo")?;
+    let addr = free_addr()?;
+    let exe = std::env::current_exe().context("this binary's path")?;
+    let mut child = Command::new(exe)
+        .args(["echo-server", "--bind", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start the echo server")?;
+    let addrs = HashMap::from([("http", addr)]);
+    wait_ready(&mut child, &addrs, "echo server").await?;
+    let pid = child.id();
+    Ok(BrokerProc {
+        target: Target {
+            name: "axum-echo".into(),
+            pid: Some(pid),
+            addrs,
+        },
+        child,
+        dir,
+    })
+}

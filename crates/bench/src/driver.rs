@@ -30,9 +30,18 @@ pub fn stamp(payload: &mut [u8], ts: u64) {
     }
 }
 
-/// Reads the send time back out of a payload.
+/// Reads the send time back out of a payload: the first 8 bytes, or, for
+/// payloads that must be JSON text (HTTP NDJSON batches), 16 hex digits
+/// after a leading `"T`.
 #[inline]
 pub fn stamped(payload: &[u8]) -> Option<u64> {
+    if let Some(hex) = payload.strip_prefix(b"\"T").and_then(|p| p.get(..16))
+        && let Some(ts) = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    {
+        return Some(ts);
+    }
     let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(head))
 }

@@ -14,6 +14,7 @@
 
 pub mod brokers;
 pub mod driver;
+pub mod http;
 pub mod nats;
 pub mod procstat;
 pub mod report;

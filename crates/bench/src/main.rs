@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use switchyard_bench::driver::Driver;
 use switchyard_bench::report::Report;
 use switchyard_bench::scenario::{self, Scenario, Shape, Target};
-use switchyard_bench::{brokers, nats};
+use switchyard_bench::{brokers, http, nats};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,8 +39,18 @@ enum Cmd {
         /// NATS address (host:port).
         #[arg(long)]
         nats: Option<SocketAddr>,
+        /// HTTP address (host:port).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Protocol of the publishers (and of the subscribers unless
+        /// --subscribe-protocol says otherwise).
         #[arg(long, default_value = "nats")]
         protocol: String,
+        #[arg(long)]
+        subscribe_protocol: Option<String>,
+        /// Messages per HTTP request (NDJSON batches when > 1).
+        #[arg(long, default_value_t = 1)]
+        http_batch: usize,
         /// pubsub | queue | reqrep
         #[arg(long, default_value = "pubsub")]
         shape: String,
@@ -63,7 +73,8 @@ enum Cmd {
         /// The Switchyard binary (a release build).
         #[arg(long, default_value = "target/release/switchyard")]
         switchyard: PathBuf,
-        /// Protocols to compare (nats).
+        /// Protocols to compare (nats; http compares against an axum echo
+        /// endpoint).
         #[arg(long, value_delimiter = ',', default_value = "nats")]
         protocols: Vec<String>,
         /// Repetitions of every scenario on every broker (medians are reported).
@@ -81,11 +92,33 @@ enum Cmd {
         #[arg(long, default_value = "target/debug/switchyard")]
         switchyard: PathBuf,
     },
+    /// Single-message POSTs over keep-alive connections as fast as they are
+    /// answered; prints requests per second.
+    HttpLoad {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "/v1/topics/bench.load")]
+        path: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
+    /// The reference for HTTP comparisons: a plain axum endpoint answering
+    /// every POST with its body (started by `compare --protocols http`).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
 }
 
 fn driver(protocol: &str) -> Result<Box<dyn Driver>> {
     Ok(match protocol {
         "nats" => Box::new(nats::Nats),
+        "http" => Box::new(http::Http { batch: 1 }),
         other => bail!("no driver for {other}"),
     })
 }
@@ -245,6 +278,10 @@ async fn compare(
     let sy = brokers::start_switchyard(&bin).await?;
     println!("{}", Report::table_header());
     for protocol in &protocols {
+        if protocol == "http" {
+            http_compare(&sy, reps, scale, json).await?;
+            continue;
+        }
         let (peer, suite) = match protocol.as_str() {
             "nats" => (brokers::start_nats_server().await?, nats_suite(scale)),
             other => bail!("no comparison suite for {other}"),
@@ -331,6 +368,114 @@ async fn compare(
     Ok(())
 }
 
+/// HTTP publish (single and batch, keep-alive connections) → a NATS
+/// subscriber, against the request rate of a plain axum echo endpoint on
+/// the same machine (goal: single publish ≥ 0.7× the echo rate).
+async fn http_compare(sy: &brokers::BrokerProc, reps: usize, scale: u64, json: bool) -> Result<()> {
+    const CONNECTIONS: usize = 4;
+    const BATCH: usize = 100;
+    let echo = brokers::start_echo().await?;
+    let echo_addr = echo.target.addr("http")?;
+    let sy_addr = sy.target.addr("http")?;
+    let single_n = 200_000 / scale;
+    let scenario = |name: &str, count: u64| Scenario {
+        name: name.to_owned(),
+        shape: Shape::PubSub {
+            publishers: CONNECTIONS,
+            subscribers: 1,
+        },
+        size: 16,
+        count,
+        rate: None,
+        publish_protocol: "http",
+        subscribe_protocol: "nats",
+    };
+    let single = scenario("http single -> nats", single_n);
+    let batch = scenario("http batch -> nats", 20 * single_n);
+    let single_driver = http::Http { batch: 1 };
+    let batch_driver = http::Http { batch: BATCH };
+    println!(
+        "\n## http: switchyard vs axum echo ({CONNECTIONS} keep-alive connections, 16-byte bodies)\n"
+    );
+    // (rate, server CPU µs per message) of every run.
+    let (mut echo_runs, mut raw_runs, mut singles, mut batches) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let cpu = |pid: Option<u32>| {
+        pid.and_then(switchyard_bench::procstat::cpu_time)
+            .unwrap_or_default()
+    };
+    let measured = |target: &Target, addr, path: &'static str| {
+        let pid = target.pid;
+        async move {
+            let c0 = cpu(pid);
+            let rate = http::request_rate(addr, path, CONNECTIONS, single_n, 16).await?;
+            let us = cpu(pid).saturating_sub(c0).as_secs_f64() * 1e6 / single_n as f64;
+            Ok::<(f64, f64), anyhow::Error>((rate, us))
+        }
+    };
+    for rep in 0..reps {
+        let echo_first = rep % 2 == 1;
+        if echo_first {
+            echo_runs.push(measured(&echo.target, echo_addr, "/v1/topics/echo").await?);
+        }
+        let r = scenario::run(&single, &sy.target, &single_driver, &nats::Nats).await?;
+        println!("{}", r.table_row());
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        singles.push((r.rate, r.broker_cpu_s_per_million));
+        raw_runs.push(measured(&sy.target, sy_addr, "/v1/topics/bench.nobody").await?);
+        if !echo_first {
+            echo_runs.push(measured(&echo.target, echo_addr, "/v1/topics/echo").await?);
+        }
+        let r = scenario::run(&batch, &sy.target, &batch_driver, &nats::Nats).await?;
+        println!("{}", r.table_row());
+        if json {
+            println!("{}", serde_json::to_string(&r)?);
+        }
+        batches.push((r.rate, r.broker_cpu_s_per_million));
+    }
+    let med = |v: &[(f64, f64)]| {
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+        )
+    };
+    let (echo_rate, echo_cpu) = med(&echo_runs);
+    let (single, single_cpu) = med(&singles);
+    let (raw, raw_cpu) = med(&raw_runs);
+    let (batch, batch_cpu) = med(&batches);
+    println!("\nmedians of {reps} runs:");
+    println!("| what | msg/s (req/s) | × echo | server CPU µs/msg | goal |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    println!(
+        "| axum echo endpoint (POST → 202 + body) | {echo_rate:.0} | 1.00 | {echo_cpu:.1} | |"
+    );
+    let ratio = |x: f64| if echo_rate > 0.0 { x / echo_rate } else { 0.0 };
+    let goal = |x: f64| {
+        if ratio(x) >= 0.7 {
+            "≥ 0.7× met"
+        } else {
+            "≥ 0.7× NOT met"
+        }
+    };
+    println!(
+        "| switchyard single publish, no subscriber | {raw:.0} | {:.2} | {raw_cpu:.1} | {} |",
+        ratio(raw),
+        goal(raw)
+    );
+    println!(
+        "| switchyard single publish → NATS subscriber | {single:.0} | {:.2} | {single_cpu:.1} | {} |",
+        ratio(single),
+        goal(single)
+    );
+    println!(
+        "| switchyard batch publish ({BATCH}/request) → NATS subscriber | {batch:.0} | {:.2} | {batch_cpu:.2} | |",
+        ratio(batch)
+    );
+    Ok(())
+}
+
 async fn smoke(bin: PathBuf) -> Result<()> {
     let sy = brokers::start_switchyard(&bin).await?;
     println!("{}", Report::table_header());
@@ -341,6 +486,27 @@ async fn smoke(bin: PathBuf) -> Result<()> {
         .copied()
         .filter(|p| *p != "http")
         .collect();
+    if sy.target.addrs.contains_key("http") && sy.target.addrs.contains_key("nats") {
+        for batch in [1, 50] {
+            let s = Scenario {
+                name: format!("http batch {batch} -> nats"),
+                shape: Shape::PubSub {
+                    publishers: 2,
+                    subscribers: 1,
+                },
+                size: 16,
+                count: 2_000,
+                rate: None,
+                publish_protocol: "http",
+                subscribe_protocol: "nats",
+            };
+            let r = scenario::run(&s, &sy.target, &http::Http { batch }, &nats::Nats).await?;
+            println!("{}", r.table_row());
+            if r.delivered < r.expected {
+                bail!("{}: {} of {} delivered", s.name, r.delivered, r.expected);
+            }
+        }
+    }
     for p in protocols {
         let d = match driver(p) {
             Ok(d) => d,
@@ -373,7 +539,10 @@ async fn main() -> Result<()> {
             broker,
             pid,
             nats,
+            http: http_addr,
             protocol,
+            subscribe_protocol,
+            http_batch,
             shape: shape_name,
             publishers,
             subscribers,
@@ -386,23 +555,29 @@ async fn main() -> Result<()> {
             if let Some(a) = nats {
                 addrs.insert("nats", a);
             }
+            if let Some(a) = http_addr {
+                addrs.insert("http", a);
+            }
             let target = Target {
                 name: broker,
                 pid,
                 addrs,
             };
-            let d = driver(&protocol)?;
-            let proto: &'static str = d.protocol();
+            let d: Box<dyn Driver> = match protocol.as_str() {
+                "http" => Box::new(http::Http { batch: http_batch }),
+                p => driver(p)?,
+            };
+            let sd = driver(subscribe_protocol.as_deref().unwrap_or(&protocol))?;
             let s = Scenario {
                 name: shape_name.clone(),
                 shape: shape(&shape_name, publishers, subscribers)?,
                 size,
                 count,
                 rate,
-                publish_protocol: proto,
-                subscribe_protocol: proto,
+                publish_protocol: d.protocol(),
+                subscribe_protocol: sd.protocol(),
             };
-            let r = scenario::run(&s, &target, d.as_ref(), d.as_ref()).await?;
+            let r = scenario::run(&s, &target, d.as_ref(), sd.as_ref()).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -418,5 +593,20 @@ async fn main() -> Result<()> {
             json,
         } => compare(switchyard, protocols, reps, quick, json).await,
         Cmd::Smoke { switchyard } => smoke(switchyard).await,
+        Cmd::HttpLoad {
+            addr,
+            path,
+            connections,
+            count,
+            size,
+        } => {
+            let rate = http::request_rate(addr, &path, connections, count, size).await?;
+            println!("{rate:.0} requests/s");
+            Ok(())
+        }
+        Cmd::EchoServer { bind } => {
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            http::echo_server(listener).await
+        }
     }
 }

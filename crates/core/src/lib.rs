@@ -50,6 +50,8 @@ mod session;
 pub mod spi;
 mod state;
 mod store;
+pub mod traffic;
+mod watch;
 
 pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
 pub use clients::{Claim, ClientRegistry, ParkTicket, Parked};
@@ -63,3 +65,5 @@ pub use recovery::RecoveryReport;
 pub use session::{ConsumeOptions, Session, Subscribe, SubscriptionKind, Transaction};
 pub use switchyard_journal as journal;
 pub use switchyard_journal::Completion;
+pub use traffic::{Traffic, TrafficStats};
+pub use watch::QueueWatch;

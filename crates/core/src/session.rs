@@ -169,6 +169,7 @@ impl Broker {
         let outbox = Outbox::new(
             limits.connection_buffer,
             limits.connection_buffer_bytes.as_usize(),
+            crate::traffic::Tally::new(self.shared.traffic.get(protocol)),
         );
         Session {
             broker: self.clone(),
@@ -216,7 +217,10 @@ impl Session {
     /// Publishes, stamping this session as the origin.
     pub fn publish(&self, mut msg: Message) -> CoreResult<Published> {
         msg.origin = self.origin();
-        self.broker.publish(msg)
+        let bytes = msg.body.len();
+        let published = self.broker.publish(msg)?;
+        self.outbox.tally.inbound(bytes);
+        Ok(published)
     }
 
     /// Declares a queue owned by this connection (see [`Broker::declare_queue`]).
@@ -534,6 +538,11 @@ impl Session {
         let mut fx = Effects::default();
         let r = q.get(&mut q.lock(), getter, manual_ack, &mut fx);
         q.apply(fx);
+        if let Ok(Some((d, _))) = &r {
+            // A get is a round trip per message: count it at once (a
+            // session that only gets never waits in `Deliveries::recv`).
+            self.outbox.tally.outbound_now(1, d.message.body.len());
+        }
         r
     }
 
@@ -599,6 +608,7 @@ impl Session {
                 }
             }
             shared.count_published(&out);
+            self.outbox.tally.inbound(m.body.len());
             results.push(out);
         }
         for (q, op) in &ops {
@@ -645,5 +655,6 @@ impl Drop for Session {
             self.broker.shared.delete_queue(&q);
         }
         self.outbox.close();
+        self.outbox.tally.flush();
     }
 }
