@@ -251,3 +251,44 @@ def test_durable_publish_is_on_disk_when_answered_and_survives_a_restart(broker_
     assert got[0]["durable"] is True
     held = requests.get(f"{base}/v1/queues/py.held/messages", timeout=10).json()["messages"]
     assert [m["body"] for m in held] == ["held"]
+
+
+def test_readiness_before_and_after_the_store_recovered(broker_factory, tmp_path):
+    """/readyz answers 503 while the journal is recovered (the HTTP listener
+    is up first, so Kubernetes sees the pod alive but not ready) and 200 with
+    the recovery report once it is; /v1/ routes wait for it too."""
+    first = broker_factory(data_dir=str(tmp_path))
+    base = first.url()
+    lines = b"".join(b'{"n":%d}\n' % i for i in range(10000))
+    batches = 5
+    for _ in range(batches):
+        r = post(
+            f"{base}/v1/queues/py.recover?batch=true&durable=true",
+            lines,
+            {"content-type": "application/x-ndjson"},
+        )
+    assert first.stop() == 0
+
+    second = broker_factory(data_dir=str(tmp_path), wait_ready=False)
+    base = second.url()
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r = requests.get(f"{base}/readyz", timeout=10)
+        body = r.json()
+        if not seen or seen[-1][0] != r.status_code:
+            starting = requests.post(f"{base}/v1/queues/py.other", data=b"x", timeout=10)
+            seen.append((r.status_code, body, starting.status_code))
+        if r.status_code == 200:
+            break
+        time.sleep(0.002)
+    statuses = [s for s, _, _ in seen]
+    assert statuses == [503, 200], seen
+    before, after = seen[0][1], seen[1][1]
+    assert before["ready"] is False and before["recovery"] is None, before
+    # Publishing waits for recovery as well.
+    assert seen[0][2] == 503, seen
+    assert after["ready"] is True
+    assert after["recovery"]["messages"] == batches * 10000, after
+    assert seen[1][2] == 202
+    assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
