@@ -206,6 +206,16 @@ impl Session {
         Outbox::receiver(&self.outbox)
     }
 
+    /// A completion for everything journaled so far — this session's acks
+    /// included — once it is on disk; `None` without a journal. For
+    /// protocols that confirm an acknowledgement (a STOMP receipt on ACK):
+    /// the confirmation waits for it, so an acknowledged message never
+    /// comes back after a crash. (Publishers wait on
+    /// [`Published::completion`].)
+    pub fn synced(&self) -> Option<switchyard_journal::Completion> {
+        self.broker.shared.store.as_ref().map(|s| s.sync())
+    }
+
     /// Waits until everything journaled so far is on disk (tests and
     /// shutdown; publishers wait on [`Published::completion`]).
     pub async fn sync_for_tests(&self) {

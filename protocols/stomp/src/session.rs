@@ -326,7 +326,12 @@ impl StompSession {
             }
             Command::Ack | Command::Nack => {
                 self.ack(&frame, core)?;
-                Vec::new()
+                // A receipt for an acknowledgement comes once it is on
+                // disk: the message cannot come back after a crash.
+                match receipt {
+                    Some(_) => core.synced().into_iter().collect(),
+                    None => Vec::new(),
+                }
             }
             Command::Begin => {
                 self.begin(&frame)?;
