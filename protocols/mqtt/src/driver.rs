@@ -53,6 +53,34 @@ const FLUSH_AT: usize = 256 * 1024;
 
 type Hasher = foldhash::fast::RandomState;
 
+/// Most PUBACK/PUBREC answers waiting for the journal before the
+/// connection stops reading more PUBLISHes.
+const MAX_PENDING_ACKS: usize = 4096;
+
+/// A PUBACK or PUBREC held back until the journal has the message (or
+/// queued behind one that is: answers keep the order of the PUBLISHes,
+/// [MQTT-4.6.0-2]).
+struct PendingAck {
+    kind: u8,
+    packet_id: u16,
+    reason: u8,
+    wait: Option<switchyard_core::Completion>,
+}
+
+/// Resolves when the answer at the front of `acks` may go out: `Ok` once
+/// its message is on disk (at once when it waits for nothing).
+fn front_ack(
+    acks: &mut VecDeque<PendingAck>,
+) -> impl std::future::Future<Output = Result<(), String>> + '_ {
+    std::future::poll_fn(move |cx| match acks.front_mut() {
+        None => Poll::Pending,
+        Some(PendingAck { wait: None, .. }) => Poll::Ready(Ok(())),
+        Some(PendingAck { wait: Some(c), .. }) => {
+            Pin::new(c).poll(cx).map(|r| r.map_err(|e| e.to_string()))
+        }
+    })
+}
+
 /// How a connection ends.
 #[derive(Debug)]
 enum Close {
@@ -239,6 +267,9 @@ struct Conn {
     client_max_packet: usize,
     /// Last topic published and its address (publishers repeat topics).
     last_topic: Option<(bytes::Bytes, Str)>,
+    /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
+    /// is told a QoS 1/2 message is safe only once it is on disk.
+    acks: VecDeque<PendingAck>,
 }
 
 /// Serves one connection from its first byte to its end.
@@ -558,6 +589,7 @@ async fn open(
         out_alias_max,
         client_max_packet,
         last_topic: None,
+        acks: VecDeque::new(),
     });
     // [MQTT-4.4.0-1]: PUBRELs of the resumed session go out again.
     for id in pubrel {
@@ -716,6 +748,8 @@ impl Conn {
             if hold {
                 self.last_rx = Instant::now();
             }
+            let can_read = !hold && self.acks.len() < MAX_PENDING_ACKS;
+            let want = self.read_want();
             let turn: Result<(), Close> = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -756,8 +790,18 @@ impl Conn {
                         Ok(())
                     }
                 }
+                r = front_ack(&mut self.acks), if !self.acks.is_empty() => match r {
+                    Ok(()) => {
+                        self.release_acks();
+                        Ok(())
+                    }
+                    Err(e) => Err(Close::protocol(
+                        reason::UNSPECIFIED,
+                        format!("a message could not be stored: {e}"),
+                    )),
+                },
                 () = flow.turn(hold), if self.publisher => Ok(()),
-                r = self.io.read(self.read_want()), if !hold => match r {
+                r = self.io.read(want), if can_read => match r {
                     Ok(0) => Err(Close::Gone(None)),
                     Err(e) => Err(Close::Gone(Some(e))),
                     Ok(n) => {
@@ -930,16 +974,60 @@ impl Conn {
 
     /// The answer to a QoS 1/2 publication that is not routed.
     fn refuse_publish(&mut self, p: &Publish, code: u8) {
+        self.answer_publish(p, code, None);
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) for `p`; when `wait` is given, or
+    /// an earlier answer still waits, it goes out once the journal has
+    /// synced (in order).
+    fn answer_publish(&mut self, p: &Publish, code: u8, wait: Option<switchyard_core::Completion>) {
         let code = if self.v5 { code } else { 0 };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack_packet(kind::PUBACK, p.packet_id, code),
+        let kind = match p.qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => kind::PUBACK,
             QoS::ExactlyOnce => {
                 if code < 0x80 {
                     self.qos2.insert(p.packet_id);
                 }
-                self.ack_packet(kind::PUBREC, p.packet_id, code);
+                kind::PUBREC
             }
+        };
+        self.answer(kind, p.packet_id, code, wait);
+    }
+
+    /// Writes a publish answer now, or queues it behind those waiting.
+    fn answer(
+        &mut self,
+        kind: u8,
+        packet_id: u16,
+        reason: u8,
+        wait: Option<switchyard_core::Completion>,
+    ) {
+        if wait.is_none() && self.acks.is_empty() {
+            self.ack_packet(kind, packet_id, reason);
+        } else {
+            self.acks.push_back(PendingAck {
+                kind,
+                packet_id,
+                reason,
+                wait,
+            });
+        }
+    }
+
+    /// After the front answer's wait resolved: writes it and every answer
+    /// behind it that waits for nothing more.
+    fn release_acks(&mut self) {
+        if let Some(front) = self.acks.front_mut() {
+            front.wait = None;
+        }
+        while let Some(a) = self.acks.front() {
+            if a.wait.is_some() {
+                break;
+            }
+            let (kind, id, reason) = (a.kind, a.packet_id, a.reason);
+            self.acks.pop_front();
+            self.ack_packet(kind, id, reason);
         }
     }
 
@@ -947,7 +1035,7 @@ impl Conn {
         self.publisher = true;
         if p.qos == QoS::ExactlyOnce && self.qos2.contains(&p.packet_id) {
             // Sent again before PUBREL: routed already, never twice.
-            self.ack_packet(kind::PUBREC, p.packet_id, 0);
+            self.answer(kind::PUBREC, p.packet_id, 0, None);
             return Ok(());
         }
         if p.qos == QoS::ExactlyOnce && self.qos2.len() >= usize::from(self.cfg.receive_maximum) {
@@ -982,6 +1070,7 @@ impl Conn {
             }
         };
         let mut code = reason::SUCCESS;
+        let mut wait = None;
         if p.retain {
             // [MQTT-3.3.1-5..7]: keep the last, an empty payload clears.
             if let Ok(addr) = switchyard_model::Address::new(&address) {
@@ -1001,13 +1090,13 @@ impl Conn {
         };
         match self.broker.publish(msg) {
             Ok(published) => {
-                if published.completion.is_some() {
-                    // The journal (issue 8) confirms after fsync; until it
-                    // lands, publishes complete when routed.
-                }
+                // A message journaled (persistent, into a durable queue such
+                // as a persistent session's) is acknowledged after the
+                // fsync that covers it.
                 if code == reason::SUCCESS && published.is_unroutable() {
                     code = reason::NO_MATCHING_SUBSCRIBERS;
                 }
+                wait = published.completion;
             }
             Err(CoreError::MessageTooLarge { .. }) => code = reason::PACKET_TOO_LARGE,
             Err(CoreError::AccessRefused(_)) => code = reason::NOT_AUTHORIZED,
@@ -1017,7 +1106,7 @@ impl Conn {
                 code = reason::UNSPECIFIED;
             }
         }
-        self.refuse_publish(&p, code);
+        self.answer_publish(&p, code, wait);
         Ok(())
     }
 
