@@ -704,7 +704,12 @@ impl Journal {
             .segments
             .lock()
             .get(&segment)
-            .map(|s| s.tombstones.iter().map(|(l, t)| (*l, *t)).collect::<Vec<_>>())
+            .map(|s| {
+                s.tombstones
+                    .iter()
+                    .map(|(l, t)| (*l, *t))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         let mut moved = 0;
         for (loc, target) in tombstones {
