@@ -138,6 +138,7 @@ fn websocket(
                 peer: Some(peer),
                 local: None,
                 transport: Transport::WebSocket,
+                tls_identity: None,
                 stream: Box::new(WsStream::new(socket, frames)),
                 shutdown: state.close.child_token(),
             };

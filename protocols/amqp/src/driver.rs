@@ -329,6 +329,7 @@ mod tests {
             peer: None,
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
+            tls_identity: None,
             stream: Box::new(a),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };

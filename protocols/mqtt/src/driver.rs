@@ -1683,6 +1683,7 @@ mod tests {
             peer: None,
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
+            tls_identity: None,
             stream: Box::new(a),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
@@ -1693,6 +1694,7 @@ mod tests {
             peer: None,
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
+            tls_identity: None,
             stream: Box::new(a2),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
