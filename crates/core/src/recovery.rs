@@ -104,7 +104,9 @@ pub(crate) struct RMsg {
     pub(crate) priority: u8,
     pub(crate) expires_at: Option<u64>,
     pub(crate) size: u32,
-    pub(crate) body: Option<Message>,
+    /// Boxed behind an `Arc` (8 bytes), not inline: replay holds one
+    /// `RMsg` per live message, millions of them, mostly paged out.
+    pub(crate) body: Option<Arc<Message>>,
 }
 
 struct RQueue {
@@ -254,7 +256,7 @@ impl Recovering {
                 let body = if q.loaded + u64::from(meta.body_len) <= self.budget {
                     let m = codec::read_message(&mut d).ok()?;
                     q.loaded += u64::from(meta.body_len);
-                    Some(m)
+                    Some(Arc::new(m))
                 } else {
                     None
                 };
@@ -380,7 +382,7 @@ impl Recovering {
                 priority: m.priority,
                 expires_at: m.expires_at,
                 size: m.size,
-                body: m.body.map(Arc::new),
+                body: m.body,
             });
             match shared.restore_queue(Str::from(rq.name.as_str()), rq.options, id, store, entries)
             {
