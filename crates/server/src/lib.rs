@@ -217,9 +217,13 @@ impl Server {
                 bindings = report.bindings,
                 messages = report.messages,
                 paged = report.paged,
+                retained = report.retained,
+                states = report.states,
+                bad_records = report.bad_records,
                 segments = report.journal.segments,
                 records = report.journal.records,
                 torn_bytes = report.journal.torn_bytes,
+                corrupt_segments = ?report.journal.corrupt_segments,
                 elapsed_ms = report.elapsed.as_millis() as u64,
                 "journal recovered"
             );
@@ -328,8 +332,19 @@ impl Server {
 
 /// Runs a broker until `shutdown` resolves, then stops it gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Poll it once before starting: signal handlers are installed on the
+    // first poll, and a SIGTERM that came between "ready" and that poll
+    // would otherwise kill the process with the default action.
+    let early = tokio::select! {
+        biased;
+        () = &mut shutdown => true,
+        () = std::future::ready(()) => false,
+    };
     let server = Server::start(config).await?;
-    shutdown.await;
+    if !early {
+        shutdown.await;
+    }
     server.shutdown().await;
     Ok(())
 }
