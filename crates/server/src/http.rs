@@ -185,9 +185,14 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "bindings": r.bindings,
             "messages": r.messages,
             "paged": r.paged,
+            "retained": r.retained,
+            "states": r.states,
+            "bad_records": r.bad_records,
             "segments": r.journal.segments,
             "records": r.journal.records,
+            "bytes": r.journal.bytes,
             "torn_bytes": r.journal.torn_bytes,
+            "corrupt_segments": r.journal.corrupt_segments,
         })
     });
     let body = serde_json::json!({
