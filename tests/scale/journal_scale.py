@@ -191,7 +191,8 @@ def main():
         rec = ready["recovery"]
         print(f"restart: ready after {rec_s:.1f} s; recovered {rec['messages']:,} messages "
               f"({rec['paged']:,} left paged) from {rec['segments']} segments in {rec['elapsed_ms'] / 1000:.1f} s; "
-              f"RSS {rss_kib(b.proc.pid) / 1024:.0f} MiB")
+              f"RSS {rss_kib(b.proc.pid) / 1024:.0f} MiB, peak during recovery "
+              f"{rss_kib(b.proc.pid, 'VmHWM') / 1024:.0f} MiB")
         if rec["messages"] != args.count:
             raise SystemExit(f"recovered {rec['messages']} messages, expected {args.count}")
         drain_s = drain(b.url(), args.count, args.size, 1000)
