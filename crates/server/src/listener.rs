@@ -66,11 +66,16 @@ pub(crate) async fn accept_loop(a: Accept) {
             %peer,
             client_id = tracing::field::Empty
         );
+        // Boxed so that the task's future keeps 8 bytes for it, not the whole
+        // `Connection`, for as long as the connection lives (the adapter's
+        // future owns it after the call). `unbox` frees the box at once; a
+        // `*conn` move in the block would keep it allocated to the block's end.
+        let conn = Box::new(conn);
         a.connections.spawn(
             async move {
                 let _slot = slot;
                 tracing::debug!("connected");
-                match adapter.serve(conn, broker).await {
+                match adapter.serve(unbox(conn), broker).await {
                     Ok(()) => tracing::debug!("closed"),
                     Err(e) => tracing::debug!(error = %e, "closed with error"),
                 }
@@ -78,4 +83,8 @@ pub(crate) async fn accept_loop(a: Accept) {
             .instrument(span),
         );
     }
+}
+
+fn unbox(conn: Box<Connection>) -> Connection {
+    *conn
 }
