@@ -1,0 +1,67 @@
+//! The smoke test (CI): every scenario of every protocol, briefly, against
+//! Switchyard alone; fails if anything is not delivered.
+
+use crate::brokers;
+use crate::report::Report;
+use crate::scenario::{self, Target};
+use crate::suite::{self, Kind};
+use anyhow::{Result, bail};
+use std::path::Path;
+
+/// Runs every scenario of every section against `target` with tiny counts.
+pub async fn smoke(target: &Target) -> Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    println!("{}", Report::table_header());
+    for case in suite::all(1000, 0.25, 20) {
+        let mut s = case.scenario.clone();
+        match &case.kind {
+            Kind::Conns { n } => {
+                let r = scenario::conns(target, case.sub_driver.clone(), *n, 1, 8).await?;
+                println!(
+                    "{:<13} {} idle {} connections: {:.2} KiB each",
+                    r.broker, r.connections, r.protocol, r.kib_per_connection
+                );
+                continue;
+            }
+            Kind::RelativeRate { .. } => {
+                s.rate = Some(1000.0);
+                s.count = 250;
+            }
+            Kind::FixedRate => s.count = s.count.min(500),
+            Kind::Throughput => s.count = s.count.max(200),
+        }
+        let r = scenario::run(
+            &s,
+            target,
+            case.pub_driver.as_ref(),
+            case.sub_driver.as_ref(),
+        )
+        .await
+        .map_err(|e| e.context(format!("{}: {}", case.section, s.name)))?;
+        println!("{}", r.table_row());
+        if r.delivered < r.expected || r.sent < s.count {
+            bail!(
+                "{}: {}: {} sent of {}, {} delivered of {}",
+                case.section,
+                s.name,
+                r.sent,
+                s.count,
+                r.delivered,
+                r.expected
+            );
+        }
+        if case.persistent && r.confirm_us.is_none() && s.publish_protocol != "mqtt" {
+            bail!("{}: {}: no confirmations recorded", case.section, s.name);
+        }
+        reports.push(r);
+    }
+    Ok(reports)
+}
+
+/// Starts `bin` (a debug or release Switchyard) and runs [`smoke`].
+pub async fn smoke_binary(bin: &Path) -> Result<()> {
+    let sy = brokers::start_switchyard(bin).await?;
+    let n = smoke(&sy.target).await?.len();
+    println!("smoke: {n} scenarios passed");
+    Ok(())
+}
