@@ -12,7 +12,7 @@ use std::path::Path;
 pub async fn smoke(target: &Target) -> Result<Vec<Report>> {
     let mut reports = Vec::new();
     println!("{}", Report::table_header());
-    for case in suite::all(1000, 0.25, 20) {
+    for case in suite::all(0.001, 0.25, 20) {
         let mut s = case.scenario.clone();
         match &case.kind {
             Kind::Conns { n } => {

@@ -79,6 +79,9 @@ pub struct Case {
     pub goals: Vec<Goal>,
     /// Persistent: report the store's fsyncs and batch sizes.
     pub persistent: bool,
+    /// Messages a peer gets relative to `scenario.count` (default: by
+    /// section and peer, see `compare`).
+    pub peer_count_scale: Option<f64>,
     /// Also run once with publishers and subscribers in two separate
     /// generator processes (the generator-is-not-the-bottleneck check).
     pub split_check: bool,
@@ -160,6 +163,7 @@ impl Builder {
             peers: peers.to_vec(),
             goals,
             persistent: false,
+            peer_count_scale: None,
             split_check: false,
         });
         let i = self.cases.len() - 1;
@@ -287,17 +291,30 @@ impl Builder {
     }
 }
 
-/// Message counts are divided by `scale` (1 = the full comparison).
-pub fn nats(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
+/// `count` scaled by `scale` (message counts are written for scale 1).
+fn n(count: u64, scale: f64) -> u64 {
+    ((count as f64 * scale) as u64).max(1)
+}
+
+/// Message counts are multiplied by `scale`.
+pub fn nats(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     let mut b = Builder::new("NATS", "nats");
     let d: Arc<dyn Driver> = Arc::new(Nats);
     let peers = [NATS_SERVER];
     let rate = [Goal::RateRatio(1.0)];
-    b.shapes("", 16, 3_000_000 / scale, d.clone(), &peers, &rate, &peers);
+    b.shapes(
+        "",
+        16,
+        n(3_000_000, scale),
+        d.clone(),
+        &peers,
+        &rate,
+        &peers,
+    );
     b.shapes(
         "",
         1024,
-        1_000_000 / scale,
+        n(1_000_000, scale),
         d.clone(),
         &peers,
         &rate,
@@ -313,7 +330,7 @@ pub fn nats(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
             consumers: 4,
         },
         16,
-        2_000_000 / scale,
+        n(2_000_000, scale),
         Kind::Throughput,
         d.clone(),
         &peers,
@@ -323,7 +340,7 @@ pub fn nats(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
         "request/reply (32 in flight) 16 B",
         Shape::ReqRep { window: 32 },
         16,
-        300_000 / scale,
+        n(300_000, scale),
         Kind::Throughput,
         d.clone(),
         &peers,
@@ -343,7 +360,7 @@ pub fn nats(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.cases
 }
 
-pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
+pub fn mqtt(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     let mut b = Builder::new("MQTT", "mqtt");
     let q0: Arc<dyn Driver> = Arc::new(Mqtt::qos0());
     let q1: Arc<dyn Driver> = Arc::new(Mqtt::qos1());
@@ -353,7 +370,7 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.shapes(
         "QoS 0 ",
         16,
-        1_000_000 / scale,
+        n(1_000_000, scale),
         q0.clone(),
         &both,
         &goal,
@@ -365,7 +382,7 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.shapes(
         "QoS 0 ",
         1024,
-        600_000 / scale,
+        n(600_000, scale),
         q0.clone(),
         &mosq,
         &goal,
@@ -374,7 +391,7 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.shapes(
         "QoS 0 ",
         64 * 1024,
-        40_000 / scale,
+        n(40_000, scale),
         q0.clone(),
         &mosq,
         &goal,
@@ -383,7 +400,7 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.shapes(
         "QoS 1 ",
         16,
-        600_000 / scale,
+        n(600_000, scale),
         q1.clone(),
         &both,
         &goal,
@@ -392,7 +409,7 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.shapes(
         "QoS 1 ",
         1024,
-        400_000 / scale,
+        n(400_000, scale),
         q1.clone(),
         &mosq,
         &goal,
@@ -405,7 +422,7 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
             subscribers: 1,
         },
         64 * 1024,
-        40_000 / scale,
+        n(40_000, scale),
         Kind::Throughput,
         q1.clone(),
         &mosq,
@@ -418,7 +435,7 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
             consumers: 4,
         },
         16,
-        600_000 / scale,
+        n(600_000, scale),
         Kind::Throughput,
         q1.clone(),
         &mosq,
@@ -428,20 +445,21 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
         qos: 1,
         persistent: true,
     });
-    b.add(
+    let c = b.add(
         "persistent session QoS 1 1→1 1 KiB",
         Shape::PubSub {
             publishers: 1,
             subscribers: 1,
         },
         1024,
-        300_000 / scale,
+        n(40_000, scale),
         Kind::Throughput,
         persistent,
         &mosq,
         vec![],
-    )
-    .persistent = true;
+    );
+    c.persistent = true;
+    c.peer_count_scale = Some(1.0);
     for size in [16, 1024] {
         b.latency(
             "QoS 0 ",
@@ -456,13 +474,29 @@ pub fn mqtt(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.cases
 }
 
-pub fn amqp(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
+pub fn amqp(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     let mut b = Builder::new("AMQP 0-9-1", "amqp");
     let t: Arc<dyn Driver> = Arc::new(Amqp::transient());
     let peers = [RABBITMQ];
     let goal = [Goal::RateRatio(3.0)];
-    b.shapes("", 16, 600_000 / scale, t.clone(), &peers, &goal, &peers);
-    b.shapes("", 1024, 400_000 / scale, t.clone(), &peers, &goal, &peers);
+    b.shapes(
+        "",
+        16,
+        n(1_200_000, scale),
+        t.clone(),
+        &peers,
+        &goal,
+        &peers,
+    );
+    b.shapes(
+        "",
+        1024,
+        n(800_000, scale),
+        t.clone(),
+        &peers,
+        &goal,
+        &peers,
+    );
     b.add(
         "queue 1→4, acks, prefetch 1000, 16 B",
         Shape::Queue {
@@ -470,7 +504,7 @@ pub fn amqp(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
             consumers: 4,
         },
         16,
-        400_000 / scale,
+        n(800_000, scale),
         Kind::Throughput,
         Arc::new(Amqp::acking()),
         &peers,
@@ -478,20 +512,21 @@ pub fn amqp(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     );
     let p: Arc<dyn Driver> = Arc::new(Amqp::persistent());
     for publishers in [1, 10] {
-        b.add(
+        let c = b.add(
             &format!("persistent, confirms, {publishers}→1 durable queue 1 KiB"),
             Shape::Queue {
                 publishers,
                 consumers: 1,
             },
             1024,
-            200_000 / scale,
+            n(60_000, scale),
             Kind::Throughput,
             p.clone(),
             &peers,
             goal.to_vec(),
-        )
-        .persistent = true;
+        );
+        c.persistent = true;
+        c.peer_count_scale = Some(1.0);
     }
     b.add(
         "persistent confirm latency @ 2000/s 1 KiB",
@@ -521,16 +556,24 @@ pub fn amqp(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     b.cases
 }
 
-pub fn stomp(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
+pub fn stomp(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     let mut b = Builder::new("STOMP", "stomp");
     let auto: Arc<dyn Driver> = Arc::new(Stomp::auto());
     let peers = [RABBITMQ];
     let goal = [Goal::RateRatio(3.0)];
-    b.shapes("", 16, 400_000 / scale, auto.clone(), &peers, &goal, &peers);
+    b.shapes(
+        "",
+        16,
+        n(400_000, scale),
+        auto.clone(),
+        &peers,
+        &goal,
+        &peers,
+    );
     b.shapes(
         "",
         1024,
-        300_000 / scale,
+        n(300_000, scale),
         auto.clone(),
         &peers,
         &goal,
@@ -543,26 +586,27 @@ pub fn stomp(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
             consumers: 4,
         },
         16,
-        300_000 / scale,
+        n(600_000, scale),
         Kind::Throughput,
         Arc::new(Stomp::client_individual()),
         &peers,
         goal.to_vec(),
     );
-    b.add(
+    let c = b.add(
         "persistent + receipts → queue 1→1 1 KiB",
         Shape::Queue {
             publishers: 1,
             consumers: 1,
         },
         1024,
-        150_000 / scale,
+        n(60_000, scale),
         Kind::Throughput,
         Arc::new(Stomp::persistent()),
         &peers,
         vec![],
-    )
-    .persistent = true;
+    );
+    c.persistent = true;
+    c.peer_count_scale = Some(1.0);
     for size in [16, 1024] {
         b.latency(
             "",
@@ -578,7 +622,7 @@ pub fn stomp(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
 }
 
 /// Publish on one protocol, consume on another (Switchyard only).
-pub fn cross(scale: u64) -> Vec<Case> {
+pub fn cross(scale: f64) -> Vec<Case> {
     let drivers: [(&'static str, Arc<dyn Driver>); 4] = [
         ("nats", Arc::new(Nats)),
         ("mqtt", Arc::new(Mqtt::qos0())),
@@ -600,7 +644,7 @@ pub fn cross(scale: u64) -> Vec<Case> {
                         subscribers: 1,
                     },
                     size: 1024,
-                    count: 200_000 / scale,
+                    count: n(200_000, scale),
                     rate: None,
                     publish_protocol: pp,
                     subscribe_protocol: sp,
@@ -611,6 +655,7 @@ pub fn cross(scale: u64) -> Vec<Case> {
                 peers: vec![],
                 goals: vec![],
                 persistent: false,
+                peer_count_scale: None,
                 split_check: false,
             });
         }
@@ -619,7 +664,7 @@ pub fn cross(scale: u64) -> Vec<Case> {
 }
 
 /// Every section.
-pub fn all(scale: u64, lat_seconds: f64, conns: usize) -> Vec<Case> {
+pub fn all(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     let mut v = nats(scale, lat_seconds, conns);
     v.extend(mqtt(scale, lat_seconds, conns));
     v.extend(amqp(scale, lat_seconds, conns));
