@@ -7,13 +7,14 @@
 //! the default exchange (ARCHITECTURE.md, "Protocol mapping").
 
 use crate::driver::{
-    Deliveries, Dest, Driver, Idle, Inflight, Pace, PubPlan, PubResult, Publisher, Quota,
-    SubResult, Subscriber, connect, now_ns, receive, record, stamp, stamped,
+    BAD_BODIES, Deliveries, Dest, Driver, FILL, Idle, Inflight, Pace, PubPlan, PubResult,
+    Publisher, Quota, SubResult, Subscriber, VERIFY_SIZE, connect, now_ns, observe, receive, stamp,
 };
 use anyhow::{Result, bail};
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -332,13 +333,15 @@ impl Deliveries for AmqpParser {
                 2 if self.header => {
                     self.header = false;
                     self.first_body = true;
+                    let want = VERIFY_SIZE.load(Ordering::Relaxed);
+                    if want > 0 && be64(payload, 4) != want as u64 {
+                        BAD_BODIES.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 3 if self.first_body => {
                     // The first body frame carries the send time.
                     self.first_body = false;
-                    if let Some(ts) = stamped(payload) {
-                        record(latency, ts);
-                    }
+                    observe(latency, payload, false);
                 }
                 _ => {}
             }
@@ -447,7 +450,7 @@ impl Publisher for AmqpPub {
             Dest::Topic(t) => ("amq.topic", t),
             Dest::Queue(q) => ("", q),
         };
-        let mut payload = vec![0x5au8; plan.size];
+        let mut payload = vec![FILL; plan.size];
         let mut out = Vec::with_capacity(BATCH + plan.size + 128);
         let mut sent = 0u64;
         let mut pace = Pace::new(plan.rate);

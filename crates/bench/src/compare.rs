@@ -40,6 +40,8 @@ struct CaseResult {
     split: HashMap<String, Vec<Report>>,
     /// Why a broker's runs are missing.
     errors: Vec<String>,
+    /// Waits of a second or more for a broker to go idle before a run.
+    settles: Vec<(String, Duration)>,
 }
 
 /// Medians of a broker's runs of one case.
@@ -118,6 +120,24 @@ fn count_scale(section: &str, broker: &str) -> f64 {
         ("STOMP", RABBITMQ) => 0.04,
         (_, RABBITMQ) => 0.05,
         _ => 1.0,
+    }
+}
+
+/// Waits until the broker is idle (under 5% of a core over 200 ms), at most
+/// `limit`: a run must not pay for work an earlier run left behind.
+/// Returns how long it waited.
+async fn settle(target: &Target, limit: Duration) -> Duration {
+    let start = Instant::now();
+    let Some(pid) = target.pid else {
+        return Duration::ZERO;
+    };
+    loop {
+        let a = crate::procstat::cpu_time(pid).unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let b = crate::procstat::cpu_time(pid).unwrap_or_default();
+        if b.saturating_sub(a) <= Duration::from_millis(10) || start.elapsed() >= limit {
+            return start.elapsed();
+        }
     }
 }
 
@@ -343,6 +363,7 @@ async fn run_case(
         offered: None,
         split: HashMap::new(),
         errors: Vec::new(),
+        settles: Vec::new(),
     };
     let mut scenario = case.scenario.clone();
     match &case.kind {
@@ -369,6 +390,14 @@ async fn run_case(
         }
         _ => {}
     }
+    // Idle connections are measured once per broker, on a broker that has
+    // carried no traffic yet (a second round would reuse memory the first
+    // one freed, and show less than a connection costs).
+    let reps = if matches!(case.kind, Kind::Conns { .. }) {
+        1
+    } else {
+        reps
+    };
     for rep in 0..reps {
         // Alternate who goes first.
         let n = targets.len();
@@ -395,6 +424,15 @@ async fn run_case(
                     Err(e) => out.errors.push(format!("{}: {e:#}", t.name)),
                 }
                 continue;
+            }
+            let waited = settle(t, Duration::from_secs(30)).await;
+            if waited >= Duration::from_secs(1) {
+                println!(
+                    "{}: waited {:.1} s for the broker to go idle",
+                    t.name,
+                    waited.as_secs_f64()
+                );
+                out.settles.push((t.name.clone(), waited));
             }
             let mut s = scenario.clone();
             if matches!(case.kind, Kind::Throughput) {
@@ -465,6 +503,7 @@ async fn run_case(
                 };
                 let mut s = scenario.clone();
                 s.count = ((s.count as f64 * count_scale(case.section, &t.name)) as u64).max(1000);
+                settle(t, Duration::from_secs(30)).await;
                 let r = match split_args(case, &s, t) {
                     Ok(args) => scenario::run_split(&s, t, &exe, &args).await,
                     Err(e) => Err(e),
@@ -810,6 +849,7 @@ fn markdown(
             let _ = writeln!(d, "Runs that failed:\n\n{}\n", errors.join("\n"));
         }
     }
+    settle_table(&mut d, results);
     generator_table(&mut d, results);
     let _ = writeln!(
         d,
@@ -1031,8 +1071,9 @@ fn conns_table(d: &mut String, rows: &[&CaseResult]) {
     }
     let _ = writeln!(
         d,
-        "Idle connections (each through the protocol's handshake, 64 at a time): broker RSS \
-         growth per connection (`VmRSS`, 1 s after the last handshake) and handshakes per second.\n"
+        "Idle connections (each through the protocol's handshake, 64 at a time), measured once \
+         per broker before any other traffic: broker RSS growth per connection (`VmRSS`, 1 s after \
+         the last handshake) and handshakes per second.\n"
     );
     let _ = writeln!(
         d,
@@ -1057,6 +1098,46 @@ fn conns_table(d: &mut String, rows: &[&CaseResult]) {
                 median(c.iter().map(|c| c.accept_per_s).collect()),
             );
         }
+    }
+    let _ = writeln!(d);
+}
+
+fn settle_table(d: &mut String, results: &[CaseResult]) {
+    let _ = writeln!(d, "## Background work left behind\n");
+    let _ = writeln!(
+        d,
+        "Before every run the bench waits until the broker is idle (under 5% of a core over \
+         200 ms, at most 30 s), so that no run pays for work an earlier one left behind. Waits \
+         of a second or more:\n"
+    );
+    let rows: Vec<(&CaseResult, &(String, Duration))> = results
+        .iter()
+        .flat_map(|r| r.settles.iter().map(move |s| (r, s)))
+        .collect();
+    if rows.is_empty() {
+        let _ = writeln!(d, "(none)\n");
+        return;
+    }
+    let _ = writeln!(d, "| before | broker | waited |");
+    let _ = writeln!(d, "| --- | --- | ---: |");
+    for (r, (name, waited)) in rows {
+        let _ = writeln!(
+            d,
+            "| {} {} | {} | {:.1} s{} |",
+            r.case.section,
+            r.case.scenario.name,
+            if name == "switchyard" {
+                "Switchyard"
+            } else {
+                peer_title(name)
+            },
+            waited.as_secs_f64(),
+            if waited.as_secs() >= 30 {
+                " (still busy)"
+            } else {
+                ""
+            }
+        );
     }
     let _ = writeln!(d);
 }

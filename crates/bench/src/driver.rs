@@ -11,7 +11,7 @@ use anyhow::Result;
 use hdrhistogram::Histogram;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Nanoseconds on the system's monotonic clock, which every process of the
@@ -44,6 +44,37 @@ pub fn stamp(payload: &mut [u8], ts: u64) {
 pub fn stamped(payload: &[u8]) -> Option<u64> {
     let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(head))
+}
+
+/// Body verification (the smoke test and the drivers' correctness
+/// cross-check): when set to a size, every delivered body is checked to be
+/// that long and to hold the generator's pattern after the timestamp;
+/// mismatches are counted in [`BAD_BODIES`]. Off (0) for measurements.
+pub static VERIFY_SIZE: AtomicUsize = AtomicUsize::new(0);
+/// Delivered bodies that failed verification.
+pub static BAD_BODIES: AtomicU64 = AtomicU64::new(0);
+/// The pattern the publishers fill bodies with (after the timestamp).
+pub const FILL: u8 = 0x5a;
+
+/// One delivered body: records its latency and, when verification is on,
+/// checks it. `whole` is false when `body` is only the first part of the
+/// message (AMQP body frames).
+#[inline]
+pub fn observe(latency: &mut Histogram<u64>, body: &[u8], whole: bool) {
+    if let Some(ts) = stamped(body) {
+        record(latency, ts);
+    }
+    let want = VERIFY_SIZE.load(Ordering::Relaxed);
+    if want > 0 {
+        let len_ok = if whole {
+            body.len() == want
+        } else {
+            body.len() <= want
+        };
+        if !len_ok || !body.get(8..).unwrap_or_default().iter().all(|&b| b == FILL) {
+            BAD_BODIES.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A latency histogram in nanoseconds (1 µs – 60 s, 3 significant digits).
@@ -375,5 +406,32 @@ impl Inflight {
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn verification_counts_wrong_bodies() {
+        let mut h = histogram();
+        let mut good = vec![FILL; 32];
+        stamp(&mut good, now_ns());
+        VERIFY_SIZE.store(32, Ordering::Relaxed);
+        let before = BAD_BODIES.load(Ordering::Relaxed);
+        observe(&mut h, &good, true);
+        assert_eq!(BAD_BODIES.load(Ordering::Relaxed), before);
+        observe(&mut h, good.get(..31).unwrap(), true); // short
+        let mut changed = good.clone();
+        if let Some(b) = changed.last_mut() {
+            *b = 0;
+        }
+        observe(&mut h, &changed, true); // wrong content
+        observe(&mut h, good.get(..20).unwrap(), false); // a first frame: fine
+        VERIFY_SIZE.store(0, Ordering::Relaxed);
+        assert_eq!(BAD_BODIES.load(Ordering::Relaxed), before + 2);
+        assert_eq!(h.len(), 4);
     }
 }

@@ -6,8 +6,8 @@
 //! subscription `$share/benchgroup/a/b/c`.
 
 use crate::driver::{
-    Deliveries, Dest, Driver, Idle, Inflight, Pace, PubPlan, PubResult, Publisher, Quota,
-    SubResult, Subscriber, connect, now_ns, receive, record, stamp, stamped,
+    Deliveries, Dest, Driver, FILL, Idle, Inflight, Pace, PubPlan, PubResult, Publisher, Quota,
+    SubResult, Subscriber, connect, now_ns, observe, receive, stamp,
 };
 use anyhow::{Result, bail};
 use bytes::{Buf, BytesMut};
@@ -214,9 +214,7 @@ impl Deliveries for MqttParser {
                     }
                     at += 2;
                 }
-                if let Some(ts) = buf.get(at..total).and_then(stamped) {
-                    record(latency, ts);
-                }
+                observe(latency, buf.get(at..total).unwrap_or_default(), true);
                 n += 1;
             }
             buf.advance(total);
@@ -254,7 +252,7 @@ struct MqttPub {
 impl Publisher for MqttPub {
     async fn run(mut self: Box<Self>, dest: Dest<'_>, plan: PubPlan) -> Result<PubResult> {
         let topic = topic(dest.name());
-        let mut payload = vec![0x5au8; plan.size];
+        let mut payload = vec![FILL; plan.size];
         let mut out = Vec::with_capacity(BATCH + plan.size + 64);
         let mut sent = 0u64;
         let mut pace = Pace::new(plan.rate);

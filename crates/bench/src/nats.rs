@@ -1,8 +1,8 @@
 //! The lean NATS driver.
 
 use crate::driver::{
-    Deliveries, Dest, Driver, Idle, Pace, PubPlan, PubResult, Publisher, Quota, SubResult,
-    Subscriber, connect, histogram, now_ns, receive, record, stamp, stamped,
+    Deliveries, Dest, Driver, FILL, Idle, Pace, PubPlan, PubResult, Publisher, Quota, SubResult,
+    Subscriber, connect, histogram, now_ns, observe, receive, record, stamp, stamped,
 };
 use anyhow::{Result, bail};
 use bytes::{Buf, BytesMut};
@@ -168,9 +168,11 @@ impl Deliveries for NatsParser {
                     consumed,
                     ..
                 } => {
-                    if let Some(ts) = buf.get(start..start + len).and_then(stamped) {
-                        record(latency, ts);
-                    }
+                    observe(
+                        latency,
+                        buf.get(start..start + len).unwrap_or_default(),
+                        true,
+                    );
                     n += 1;
                     buf.advance(consumed);
                 }
@@ -210,7 +212,7 @@ struct NatsPub {
 impl Publisher for NatsPub {
     async fn run(mut self: Box<Self>, dest: Dest<'_>, plan: PubPlan) -> Result<PubResult> {
         let topic = dest.name();
-        let mut payload = vec![0x5au8; plan.size];
+        let mut payload = vec![FILL; plan.size];
         let mut out = Vec::with_capacity(BATCH + plan.size + 64);
         let mut sent = 0u64;
         let mut pace = Pace::new(plan.rate);
@@ -329,7 +331,7 @@ impl Driver for Nats {
         c.wr.write_all(format!("SUB {inbox} 1\r\n").as_bytes())
             .await?;
         c.sync().await?;
-        let mut payload = vec![0x5au8; plan.size.max(8)];
+        let mut payload = vec![FILL; plan.size.max(8)];
         let mut latency = histogram();
         let mut out = Vec::with_capacity(BATCH);
         let mut sent = 0u64;

@@ -2,11 +2,13 @@
 //! Switchyard alone; fails if anything is not delivered.
 
 use crate::brokers;
+use crate::driver::{BAD_BODIES, VERIFY_SIZE};
 use crate::report::Report;
-use crate::scenario::{self, Target};
+use crate::scenario::{self, Shape, Target};
 use crate::suite::{self, Kind};
 use anyhow::{Result, bail};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 /// Runs every scenario of every section against `target` with tiny counts.
 pub async fn smoke(target: &Target) -> Result<Vec<Report>> {
@@ -30,15 +32,28 @@ pub async fn smoke(target: &Target) -> Result<Vec<Report>> {
             Kind::FixedRate => s.count = s.count.min(500),
             Kind::Throughput => s.count = s.count.max(200),
         }
+        // Check every delivered body (length and content), not only the count.
+        let verify = !matches!(s.shape, Shape::ReqRep { .. });
+        VERIFY_SIZE.store(if verify { s.size } else { 0 }, Ordering::Relaxed);
+        let bad_before = BAD_BODIES.load(Ordering::Relaxed);
         let r = scenario::run(
             &s,
             target,
             case.pub_driver.as_ref(),
             case.sub_driver.as_ref(),
         )
-        .await
-        .map_err(|e| e.context(format!("{}: {}", case.section, s.name)))?;
+        .await;
+        VERIFY_SIZE.store(0, Ordering::Relaxed);
+        let r = r.map_err(|e| e.context(format!("{}: {}", case.section, s.name)))?;
         println!("{}", r.table_row());
+        let bad = BAD_BODIES.load(Ordering::Relaxed) - bad_before;
+        if bad > 0 {
+            bail!(
+                "{}: {}: {bad} bodies differ from what was sent",
+                case.section,
+                s.name
+            );
+        }
         if r.delivered < r.expected || r.sent < s.count {
             bail!(
                 "{}: {}: {} sent of {}, {} delivered of {}",

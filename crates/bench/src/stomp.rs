@@ -8,8 +8,8 @@
 //! the same way).
 
 use crate::driver::{
-    Deliveries, Dest, Driver, Idle, Inflight, Pace, PubPlan, PubResult, Publisher, Quota,
-    SubResult, Subscriber, connect, now_ns, receive, record, stamp, stamped,
+    Deliveries, Dest, Driver, FILL, Idle, Inflight, Pace, PubPlan, PubResult, Publisher, Quota,
+    SubResult, Subscriber, connect, now_ns, observe, receive, stamp,
 };
 use anyhow::{Result, bail};
 use bytes::{Buf, BytesMut};
@@ -211,9 +211,7 @@ impl Deliveries for StompParser {
         while let Some(f) = frame(buf)? {
             match f.command {
                 b"MESSAGE" => {
-                    if let Some(ts) = stamped(f.body) {
-                        record(latency, ts);
-                    }
+                    observe(latency, f.body, true);
                     if self.acks {
                         let Some(id) = f.header(b"ack") else {
                             bail!(
@@ -319,7 +317,7 @@ async fn read_receipts(c: &mut Conn, inflight: &mut Inflight, block: bool) -> Re
 impl Publisher for StompPub {
     async fn run(mut self: Box<Self>, dest: Dest<'_>, plan: PubPlan) -> Result<PubResult> {
         let dest = destination(dest);
-        let mut payload = vec![0x5au8; plan.size];
+        let mut payload = vec![FILL; plan.size];
         let mut out = Vec::with_capacity(BATCH + plan.size + 128);
         let mut sent = 0u64;
         let mut pace = Pace::new(plan.rate);
