@@ -275,13 +275,17 @@ pub struct ConnsReport {
     pub rss_after_kib: u64,
     /// (after − before) / connections.
     pub kib_per_connection: f64,
+    /// The second half's growth / its connections.
+    pub kib_per_connection_marginal: f64,
     pub broker_cpu_s: f64,
 }
 
 /// Opens `n` idle connections (each through the protocol's handshake),
 /// from `sources` loopback addresses (127.0.0.1, .2, ...), `concurrency`
 /// handshakes at a time; measures the accept rate and the broker's memory
-/// per connection, then closes them.
+/// per connection — over all `n` (RSS growth / n) and at the margin (the
+/// second half's growth / n/2, without the one-time costs of the first
+/// connections) — then closes them.
 pub async fn conns(
     target: &Target,
     driver: Arc<dyn Driver>,
@@ -298,27 +302,37 @@ pub async fn conns(
     let rss_before = procstat::rss_kib(pid).unwrap_or(0);
     let cpu0 = cpu(Some(pid));
     let start = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..n {
-        let permit = sem.clone().acquire_owned().await?;
-        let driver = driver.clone();
-        let from = (sources > 1).then(|| {
-            std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources) as u8))
-        });
-        tasks.spawn(async move {
-            let r = driver.idle(addr, from).await;
-            drop(permit);
-            r
-        });
-    }
+    let half = n / 2;
     let mut held = Vec::with_capacity(n);
-    while let Some(r) = tasks.join_next().await {
-        held.push(r.context("connection task")??);
+    let mut rss_half = rss_before;
+    let mut elapsed = 0.0;
+    for (from_i, to_i) in [(0, half), (half, n)] {
+        let t0 = Instant::now();
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in from_i..to_i {
+            let permit = sem.clone().acquire_owned().await?;
+            let driver = driver.clone();
+            let from = (sources > 1).then(|| {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i % sources) as u8))
+            });
+            tasks.spawn(async move {
+                let r = driver.idle(addr, from).await;
+                drop(permit);
+                r
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            held.push(r.context("connection task")??);
+        }
+        elapsed += t0.elapsed().as_secs_f64();
+        // Give the broker a moment to finish its side of every handshake.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        if to_i == half {
+            rss_half = procstat::rss_kib(pid).unwrap_or(0);
+        }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    // Give the broker a moment to finish its side of every handshake.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = start;
     let rss_after = procstat::rss_kib(pid).unwrap_or(0);
     let broker_cpu = cpu(Some(pid)).saturating_sub(cpu0).as_secs_f64();
     drop(held);
@@ -335,6 +349,8 @@ pub async fn conns(
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         kib_per_connection: rss_after.saturating_sub(rss_before) as f64 / n.max(1) as f64,
+        kib_per_connection_marginal: rss_after.saturating_sub(rss_half) as f64
+            / (n - half).max(1) as f64,
         broker_cpu_s: broker_cpu,
     })
 }
