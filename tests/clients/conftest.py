@@ -36,7 +36,7 @@ def protocols():
 class Broker:
     """A running switchyard process."""
 
-    def __init__(self, data_dir, extra_env=None, args=()):
+    def __init__(self, data_dir, extra_env=None, args=(), wait_ready=True):
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
         # Test-harness variables share the SWITCHYARD_ prefix but are not
@@ -61,8 +61,16 @@ class Broker:
         self.log = []
         self._ready = threading.Event()
         self._is_ready = False
+        # Set once the HTTP listener is bound, which is before the journal
+        # has been recovered (readiness follows recovery).
+        self._http_bound = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if not wait_ready:
+            if not self._http_bound.wait(60):
+                self.kill()
+                raise RuntimeError("switchyard did not bind HTTP:\n" + "\n".join(self.log))
+            return
         if not self._ready.wait(60) or not self._is_ready:
             self.kill()
             raise RuntimeError("switchyard did not become ready:\n" + "\n".join(self.log))
@@ -80,11 +88,14 @@ class Broker:
             if fields.get("message") == "listening":
                 host, port = fields["addr"].rsplit(":", 1)
                 self.addrs[fields["listener"]] = (host, int(port))
+                if fields["listener"] == "http":
+                    self._http_bound.set()
             elif fields.get("message") == "switchyard ready":
                 self._is_ready = True
                 self._ready.set()
         # stderr closed: the process ended (before or after becoming ready).
         self._ready.set()
+        self._http_bound.set()
 
     def addr(self, listener):
         return self.addrs[listener]
@@ -129,12 +140,12 @@ def broker_factory():
     started = []
     dirs = []
 
-    def start(extra_env=None, data_dir=None):
+    def start(extra_env=None, data_dir=None, wait_ready=True):
         if data_dir is None:
             d = tempfile.TemporaryDirectory()
             dirs.append(d)
             data_dir = d.name
-        b = Broker(data_dir, extra_env)
+        b = Broker(data_dir, extra_env, wait_ready=wait_ready)
         started.append(b)
         return b
 

@@ -314,3 +314,25 @@ pub async fn start_rabbitmq() -> Result<BrokerProc> {
         dir,
     })
 }
+
+/// Starts the axum echo endpoint (`switchyard-bench echo-server`, this
+/// very binary) on a free port: the reference for HTTP publish rates.
+pub async fn start_echo() -> Result<BrokerProc> {
+    let dir = scratch_dir("echo")?;
+    let addr = free_addr()?;
+    let exe = std::env::current_exe().context("this binary's path")?;
+    let mut child = spawn(Command::new(exe).args(["echo-server", "--bind", &addr.to_string()]))
+        .context("start the echo server")?;
+    let addrs = HashMap::from([("http", addr)]);
+    wait_ready(&mut child, &addrs, "echo server").await?;
+    let pid = child.id();
+    Ok(BrokerProc {
+        target: Target {
+            name: "axum-echo".into(),
+            pid: Some(pid),
+            addrs,
+        },
+        child,
+        dir,
+    })
+}

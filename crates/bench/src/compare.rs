@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 pub struct Options {
     /// The Switchyard binary (a release build).
     pub switchyard: PathBuf,
-    /// Sections: nats, mqtt, amqp, stomp, cross.
+    /// Sections: nats, mqtt, amqp, stomp, http, cross.
     pub sections: Vec<String>,
     pub reps: usize,
     pub quick: bool,
@@ -42,6 +42,74 @@ struct CaseResult {
     errors: Vec<String>,
     /// Waits of a second or more for a broker to go idle before a run.
     settles: Vec<(String, Duration)>,
+    /// HTTP cases: the axum echo endpoint's median request rate.
+    echo_rate: Option<f64>,
+}
+
+/// The HTTP section's reference: single-message POSTs over keep-alive
+/// connections to a plain axum echo endpoint and to Switchyard without a
+/// subscriber, alternating, medians of (requests/s, server CPU µs/request).
+#[derive(Debug, Clone, Default)]
+struct HttpReference {
+    echo: (f64, f64),
+    no_subscriber: (f64, f64),
+    requests: u64,
+    errors: Vec<String>,
+}
+
+/// Measures [`HttpReference`]: `reps` runs of `count` requests on each.
+async fn http_reference(sy: &Target, count: u64, reps: usize) -> HttpReference {
+    let mut out = HttpReference {
+        requests: count,
+        ..HttpReference::default()
+    };
+    let echo = match brokers::start_echo().await {
+        Ok(e) => e,
+        Err(e) => {
+            out.errors.push(format!("echo endpoint: {e:#}"));
+            return out;
+        }
+    };
+    let cpu = |pid: Option<u32>| pid.and_then(crate::procstat::cpu_time).unwrap_or_default();
+    let (mut echo_runs, mut raw_runs) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let mut pair = [
+            (&echo.target, "/v1/topics/echo"),
+            (sy, "/v1/topics/bench.nobody"),
+        ];
+        if rep % 2 == 1 {
+            pair.reverse();
+        }
+        for (t, path) in pair {
+            settle(t, Duration::from_secs(30)).await;
+            let Ok(addr) = t.addr("http") else { continue };
+            let c0 = cpu(t.pid);
+            match crate::http::request_rate(addr, path, suite::HTTP_CONNECTIONS, count, 16).await {
+                Ok(rate) => {
+                    let us = cpu(t.pid).saturating_sub(c0).as_secs_f64() * 1e6 / count as f64;
+                    println!(
+                        "{:<12} http single POST, no subscriber: {rate:.0} requests/s, {us:.1} µs CPU/request",
+                        t.name
+                    );
+                    if t.name == "switchyard" {
+                        raw_runs.push((rate, us));
+                    } else {
+                        echo_runs.push((rate, us));
+                    }
+                }
+                Err(e) => out.errors.push(format!("{}: {e:#}", t.name)),
+            }
+        }
+    }
+    let med = |v: &[(f64, f64)]| {
+        (
+            median(v.iter().map(|x| x.0).collect()),
+            median(v.iter().map(|x| x.1).collect()),
+        )
+    };
+    out.echo = med(&echo_runs);
+    out.no_subscriber = med(&raw_runs);
+    out
 }
 
 /// Medians of a broker's runs of one case.
@@ -366,6 +434,7 @@ async fn run_case(
         split: HashMap::new(),
         errors: Vec::new(),
         settles: Vec::new(),
+        echo_rate: None,
     };
     let mut scenario = case.scenario.clone();
     match &case.kind {
@@ -567,8 +636,9 @@ pub async fn compare(opts: &Options) -> Result<String> {
             "mqtt" => suite::mqtt(scale, lat_seconds, conns),
             "amqp" => suite::amqp(scale, lat_seconds, conns),
             "stomp" => suite::stomp(scale, lat_seconds, conns),
+            "http" => suite::http(scale),
             "cross" => suite::cross(scale),
-            other => bail!("unknown section {other} (nats, mqtt, amqp, stomp, cross)"),
+            other => bail!("unknown section {other} (nats, mqtt, amqp, stomp, http, cross)"),
         });
     }
     let mut need: Vec<&'static str> = cases.iter().flat_map(|c| c.peers.clone()).collect();
@@ -630,7 +700,20 @@ pub async fn compare(opts: &Options) -> Result<String> {
         done.push((i, r));
     }
     done.sort_by_key(|(i, _)| *i);
-    let results: Vec<CaseResult> = done.into_iter().map(|(_, r)| r).collect();
+    let mut results: Vec<CaseResult> = done.into_iter().map(|(_, r)| r).collect();
+    let http_ref = if results.iter().any(|r| r.case.section == "HTTP") {
+        let count = results
+            .iter()
+            .find(|r| r.case.section == "HTTP")
+            .map_or(1000, |r| r.case.scenario.count);
+        let h = http_reference(&sy.target, count, opts.reps).await;
+        for r in results.iter_mut().filter(|r| r.case.section == "HTTP") {
+            r.echo_rate = (h.echo.0 > 0.0).then_some(h.echo.0);
+        }
+        Some(h)
+    } else {
+        None
+    };
     let versions = versions(&opts.switchyard, &peers);
     drop(peers);
     drop(sy);
@@ -643,6 +726,7 @@ pub async fn compare(opts: &Options) -> Result<String> {
         &versions,
         elapsed,
         lat_seconds,
+        http_ref.as_ref(),
     );
     if let Some(path) = &opts.write {
         std::fs::write(path, &doc).with_context(|| format!("write {}", path.display()))?;
@@ -736,9 +820,14 @@ fn verdict(goal: Goal, r: &CaseResult, peer: Option<&str>) -> Option<bool> {
             let c = r.conns.get("switchyard")?;
             median(c.iter().map(|c| c.kib_per_connection).collect()) <= k
         }
+        Goal::EchoRatio(x) => {
+            let (a, echo) = (sy?, r.echo_rate?);
+            a.complete && a.rate / echo >= x
+        }
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn markdown(
     opts: &Options,
     results: &[CaseResult],
@@ -747,6 +836,7 @@ fn markdown(
     versions: &[(String, String)],
     elapsed: Duration,
     lat_seconds: f64,
+    http_ref: Option<&HttpReference>,
 ) -> String {
     let mut d = String::new();
     let _ = writeln!(
@@ -805,7 +895,7 @@ fn markdown(
     );
 
     // Targets summary.
-    let _ = writeln!(d, "## Targets (issues 3, 4, 5, 6, 8)\n");
+    let _ = writeln!(d, "## Targets (issues 3, 4, 5, 6, 7, 8)\n");
     let _ = writeln!(
         d,
         "| section | scenario | target | Switchyard | peer | result |"
@@ -866,6 +956,11 @@ fn markdown(
             let _ = writeln!(d, "### Switchyard vs {}\n", peer_title(p));
             throughput_table(&mut d, &mine, Some(p));
         }
+        if section == "HTTP"
+            && let Some(h) = http_ref
+        {
+            http_table(&mut d, &rows, h);
+        }
         persistent_table(&mut d, &rows, disk);
         conns_table(&mut d, &rows);
         let errors: Vec<String> = rows
@@ -889,8 +984,9 @@ fn markdown(
          Durable (persistent) runs are for AMQP, MQTT and STOMP; core NATS has no persistence \
          (JetStream is out of scope).\n\
          * Cross-protocol runs are Switchyard's alone: no peer bridges these protocols on one address space.\n\
-         * The HTTP driver and its comparison with an axum echo server are separate \
-         (`crates/bench/src/http.rs`).\n\
+         * HTTP has no peer broker: its publish rate is judged against a plain axum endpoint \
+         answering every POST with its body (the same HTTP stack without the broker), in the \
+         HTTP section.\n\
          * Scale checks (50 000 idle MQTT connections, 10 000 NATS connections, a fan-out to \
          10 000 MQTT subscribers) run outside this comparison: `switchyard-bench scale` \
          (figures in `docs/benchmarks-scale.md` when it has been run).\n"
@@ -920,6 +1016,11 @@ fn goal_figures(g: Goal, r: &CaseResult, peer: Option<&str>) -> (String, String)
             other
                 .and_then(|x| x.confirm)
                 .map_or("–".into(), |l| fmt_us(l.p99)),
+        ),
+        Goal::EchoRatio(_) => (
+            sy.map_or("–".into(), |x| fmt_rate(x.rate)),
+            r.echo_rate
+                .map_or("–".into(), |e| format!("{} (axum echo)", fmt_rate(e))),
         ),
         Goal::RssPerConnUnder(_) => {
             let k = |name: &str| {
@@ -982,7 +1083,10 @@ fn throughput_table(d: &mut String, rows: &[&CaseResult], peer: Option<&str>) {
                 ""
             }
         };
-        let mode = r.case.sub_driver.mode();
+        let mode = match r.case.sub_driver.mode() {
+            m if m.is_empty() => r.case.pub_driver.mode(),
+            m => m,
+        };
         match peer {
             Some(p) => {
                 let o = r.runs.get(p).map(|v| summarize(v)).unwrap_or_default();
@@ -1040,6 +1144,80 @@ fn throughput_table(d: &mut String, rows: &[&CaseResult], peer: Option<&str>) {
                 );
             }
         }
+    }
+    let _ = writeln!(d);
+}
+
+/// The HTTP section's comparison with the axum echo endpoint.
+fn http_table(d: &mut String, rows: &[&CaseResult], h: &HttpReference) {
+    let (echo, echo_cpu) = h.echo;
+    let ratio = |x: f64| {
+        if echo > 0.0 {
+            format!("{:.2}", x / echo)
+        } else {
+            "–".into()
+        }
+    };
+    let _ = writeln!(
+        d,
+        "Against a plain axum endpoint that answers every POST `202` with its body (same \
+         axum/hyper/tokio stack, no broker; `switchyard-bench echo-server`), {} keep-alive \
+         connections, one request in flight each, 16-byte bodies, {} requests per run, \
+         alternating, medians of {} runs. Server CPU is the serving process's (µs per \
+         message; per request for the echo endpoint).\n",
+        suite::HTTP_CONNECTIONS,
+        h.requests,
+        rows.first()
+            .and_then(|r| r.runs.get("switchyard"))
+            .map_or(0, |v| v.len())
+    );
+    let _ = writeln!(
+        d,
+        "| what | msg/s (requests/s) | × echo | server CPU µs/msg | target |"
+    );
+    let _ = writeln!(d, "| --- | ---: | ---: | ---: | --- |");
+    let _ = writeln!(
+        d,
+        "| axum echo endpoint (POST → 202 + body) | {} | 1.00 | {echo_cpu:.1} | |",
+        fmt_rate(echo)
+    );
+    let (raw, raw_cpu) = h.no_subscriber;
+    let met = |x: f64| {
+        if echo > 0.0 && x / echo >= 0.7 {
+            "≥ 0.7× echo: met"
+        } else if echo > 0.0 {
+            "≥ 0.7× echo: **NOT met**"
+        } else {
+            "no data"
+        }
+    };
+    let _ = writeln!(
+        d,
+        "| Switchyard single publish, no subscriber | {} | {} | {raw_cpu:.1} | {} |",
+        fmt_rate(raw),
+        ratio(raw),
+        met(raw)
+    );
+    for r in rows {
+        let Some(sy) = r.runs.get("switchyard").map(|v| summarize(v)) else {
+            continue;
+        };
+        let goal = if r.case.goals.is_empty() {
+            ""
+        } else {
+            met(sy.rate)
+        };
+        let _ = writeln!(
+            d,
+            "| Switchyard {} | {} | {} | {:.2} | {goal} |",
+            r.case.scenario.name,
+            fmt_rate(sy.rate),
+            ratio(sy.rate),
+            sy.cpu_per_m
+        );
+    }
+    for e in &h.errors {
+        let _ = writeln!(d, "\nReference run failed: {e}");
     }
     let _ = writeln!(d);
 }

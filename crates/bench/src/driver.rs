@@ -39,9 +39,18 @@ pub fn stamp(payload: &mut [u8], ts: u64) {
     }
 }
 
-/// Reads the send time back out of a payload.
+/// Reads the send time back out of a payload: the first 8 bytes, or, for
+/// payloads that must be JSON text (HTTP NDJSON batches), 16 hex digits
+/// after a leading `"T`.
 #[inline]
 pub fn stamped(payload: &[u8]) -> Option<u64> {
+    if let Some(hex) = payload.strip_prefix(b"\"T").and_then(|p| p.get(..16))
+        && let Some(ts) = std::str::from_utf8(hex)
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    {
+        return Some(ts);
+    }
     let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(head))
 }
@@ -71,7 +80,14 @@ pub fn observe(latency: &mut Histogram<u64>, body: &[u8], whole: bool) {
         } else {
             body.len() <= want
         };
-        if !len_ok || !body.get(8..).unwrap_or_default().iter().all(|&b| b == FILL) {
+        // The fill after the timestamp: binary bodies carry it in the first
+        // 8 bytes, JSON-text bodies (HTTP batches) as `"T<16 hex>…"`.
+        let fill = if body.starts_with(b"\"T") {
+            body.get(18..body.len().saturating_sub(usize::from(whole)))
+        } else {
+            body.get(8..)
+        };
+        if !len_ok || !fill.unwrap_or_default().iter().all(|&b| b == FILL) {
             BAD_BODIES.fetch_add(1, Ordering::Relaxed);
         }
     }

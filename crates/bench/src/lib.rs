@@ -16,7 +16,7 @@ pub mod amqp;
 pub mod brokers;
 pub mod compare;
 pub mod driver;
-// pub mod http; // the HTTP driver (another engineer): crates/bench/src/http.rs
+pub mod http;
 pub mod mqtt;
 pub mod nats;
 pub mod procstat;

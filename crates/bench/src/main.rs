@@ -7,10 +7,13 @@
 //!   and writes medians and ratios to `docs/benchmarks.md`.
 //! * `smoke`: every scenario briefly against Switchyard (CI).
 //! * `scale`: many idle connections and a wide fan-out (outside CI).
+//! * `http-load`: single-message POSTs over keep-alive connections.
+//! * `echo-server` (hidden): the axum endpoint HTTP publish is compared with.
 //!
 //! Drivers (`--driver`, see `switchyard_bench::suite::driver`): `nats`,
 //! `mqtt:qos0|qos1|qos1p`, `amqp:transient|acks|persistent`,
-//! `stomp:auto|acks|persistent`; `http` comes with `crates/bench/src/http.rs`.
+//! `stomp:auto|acks|persistent`, `http`, `http:batchN` (publish only; the
+//! subscribers of `run` then use `--subscribe-driver`).
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -19,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use switchyard_bench::report::Report;
 use switchyard_bench::scenario::{self, Role, Scenario, Shape, Target};
-use switchyard_bench::{compare, scale, smoke, suite};
+use switchyard_bench::{compare, http, scale, smoke, suite};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,9 +48,17 @@ enum Cmd {
         #[arg(long)]
         addr: SocketAddr,
         /// nats, mqtt:qos0, mqtt:qos1, mqtt:qos1p, amqp:transient, amqp:acks,
-        /// amqp:persistent, stomp:auto, stomp:acks, stomp:persistent.
+        /// amqp:persistent, stomp:auto, stomp:acks, stomp:persistent, http,
+        /// http:batchN.
         #[arg(long, default_value = "nats")]
         driver: String,
+        /// The subscribers' driver when it differs (e.g. `--driver http
+        /// --subscribe-driver nats --subscribe-addr ...`).
+        #[arg(long)]
+        subscribe_driver: Option<String>,
+        /// The subscribers' address when --subscribe-driver is given.
+        #[arg(long)]
+        subscribe_addr: Option<SocketAddr>,
         /// pubsub | queue | reqrep
         #[arg(long, default_value = "pubsub")]
         shape: String,
@@ -83,7 +94,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "nats,mqtt,amqp,stomp,cross"
+            default_value = "nats,mqtt,amqp,stomp,http,cross"
         )]
         sections: Vec<String>,
         /// Repetitions of every scenario on every broker (medians are reported).
@@ -120,6 +131,27 @@ enum Cmd {
         #[arg(long)]
         write: Option<PathBuf>,
     },
+    /// Single-message POSTs over keep-alive connections as fast as they are
+    /// answered; prints requests per second.
+    HttpLoad {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value = "/v1/topics/bench.load")]
+        path: String,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+    },
+    /// The reference for HTTP comparisons: a plain axum endpoint answering
+    /// every POST with its body (started by `compare`'s http section).
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
 }
 
 fn shape(name: &str, publishers: usize, subscribers: usize) -> Result<Shape> {
@@ -147,6 +179,8 @@ async fn main() -> Result<()> {
             pid,
             addr,
             driver,
+            subscribe_driver,
+            subscribe_addr,
             shape: shape_name,
             publishers,
             subscribers,
@@ -158,6 +192,10 @@ async fn main() -> Result<()> {
             json,
         } => {
             let d = suite::driver(&driver)?;
+            let sd = match &subscribe_driver {
+                Some(spec) => suite::driver(spec)?,
+                None => d.clone(),
+            };
             let proto: &'static str = d.protocol();
             let s = Scenario {
                 name: shape_name.clone(),
@@ -166,7 +204,7 @@ async fn main() -> Result<()> {
                 count,
                 rate,
                 publish_protocol: proto,
-                subscribe_protocol: proto,
+                subscribe_protocol: sd.protocol(),
             };
             if let Some(role) = role {
                 let role = match role.as_str() {
@@ -181,12 +219,22 @@ async fn main() -> Result<()> {
                 println!("{}", serde_json::to_string(&r)?);
                 return Ok(());
             }
+            let mut addrs = HashMap::from([(proto, addr)]);
+            if sd.protocol() != proto {
+                let Some(sa) = subscribe_addr else {
+                    bail!(
+                        "--subscribe-driver {} needs --subscribe-addr",
+                        sd.protocol()
+                    );
+                };
+                addrs.insert(sd.protocol(), sa);
+            }
             let target = Target {
                 name: broker,
                 pid,
-                addrs: HashMap::from([(proto, addr)]),
+                addrs,
             };
-            let r = scenario::run(&s, &target, d.as_ref(), d.as_ref()).await?;
+            let r = scenario::run(&s, &target, d.as_ref(), sd.as_ref()).await?;
             if json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -225,5 +273,20 @@ async fn main() -> Result<()> {
             fanout,
             write,
         } => scale::scale(&switchyard, mqtt, nats, fanout, write.as_deref()).await,
+        Cmd::HttpLoad {
+            addr,
+            path,
+            connections,
+            count,
+            size,
+        } => {
+            let rate = http::request_rate(addr, &path, connections, count, size).await?;
+            println!("{rate:.0} requests/s");
+            Ok(())
+        }
+        Cmd::EchoServer { bind } => {
+            let listener = tokio::net::TcpListener::bind(bind).await?;
+            http::echo_server(listener).await
+        }
     }
 }

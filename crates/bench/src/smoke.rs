@@ -65,7 +65,9 @@ pub async fn smoke(target: &Target) -> Result<Vec<Report>> {
                 r.expected
             );
         }
-        if case.persistent && r.confirm_us.is_none() && s.publish_protocol != "mqtt" {
+        // Persistent publishers wait for confirmations (AMQP confirms,
+        // STOMP receipts, MQTT PUBACKs after the journal has the message).
+        if case.persistent && r.confirm_us.is_none() {
             bail!("{}: {}: no confirmations recorded", case.section, s.name);
         }
         reports.push(r);

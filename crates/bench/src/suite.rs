@@ -1,9 +1,10 @@
 //! The comparison suites: every scenario of every protocol, which peers run
 //! it, and the targets of the protocol issues (3 NATS, 4 MQTT, 5 AMQP,
-//! 6 STOMP, 8 durable store).
+//! 6 STOMP, 7 HTTP, 8 durable store).
 
 use crate::amqp::Amqp;
 use crate::driver::Driver;
+use crate::http::Http;
 use crate::mqtt::Mqtt;
 use crate::nats::Nats;
 use crate::scenario::{Scenario, Shape};
@@ -28,6 +29,9 @@ pub enum Goal {
     ConfirmP99Under(f64),
     /// Switchyard's memory per idle connection at most this many KiB.
     RssPerConnUnder(f64),
+    /// Switchyard's HTTP publish rate ≥ this × the request rate of a plain
+    /// axum echo endpoint on the same machine (the `HTTP` section).
+    EchoRatio(f64),
 }
 
 impl Goal {
@@ -38,6 +42,7 @@ impl Goal {
             Goal::P99Under(us) => format!("p99 < {}", fmt_us(us)),
             Goal::ConfirmP99Under(us) => format!("confirm p99 < {}", fmt_us(us)),
             Goal::RssPerConnUnder(k) => format!("≤ {k} KiB per idle connection"),
+            Goal::EchoRatio(x) => format!("≥ {x}× the axum echo endpoint's request rate"),
         }
     }
 }
@@ -663,12 +668,72 @@ pub fn cross(scale: f64) -> Vec<Case> {
     cases
 }
 
+/// HTTP keep-alive connections publishing to the HTTP listener.
+pub const HTTP_CONNECTIONS: usize = 4;
+/// Messages per request of the HTTP batch case.
+pub const HTTP_BATCH: usize = 100;
+
+/// HTTP publish (issue 7), Switchyard only: single messages and NDJSON
+/// batches over keep-alive connections, delivered to a NATS subscriber.
+/// `compare` adds the reference these are judged by: a plain axum echo
+/// endpoint's request rate, and Switchyard's without a subscriber.
+pub fn http(scale: f64) -> Vec<Case> {
+    let nats: Arc<dyn Driver> = Arc::new(Nats);
+    // Batched messages are NDJSON lines: the smallest that carries the send
+    // time is 20 bytes (`"T<16 hex>Z"`).
+    let cases = [
+        (
+            format!("single publish {HTTP_CONNECTIONS}→1 → NATS subscriber 16 B"),
+            1,
+            16,
+            n(200_000, scale),
+            vec![Goal::EchoRatio(0.7)],
+        ),
+        (
+            format!(
+                "batch publish ({HTTP_BATCH}/request) {HTTP_CONNECTIONS}→1 → NATS subscriber 20 B"
+            ),
+            HTTP_BATCH,
+            20,
+            n(4_000_000, scale),
+            vec![],
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, batch, size, count, goals)| Case {
+            section: "HTTP",
+            scenario: Scenario {
+                name,
+                shape: Shape::PubSub {
+                    publishers: HTTP_CONNECTIONS,
+                    subscribers: 1,
+                },
+                size,
+                count,
+                rate: None,
+                publish_protocol: "http",
+                subscribe_protocol: "nats",
+            },
+            kind: Kind::Throughput,
+            pub_driver: Arc::new(Http { batch }),
+            sub_driver: nats.clone(),
+            peers: vec![],
+            goals,
+            persistent: false,
+            peer_count_scale: None,
+            split_check: false,
+        })
+        .collect()
+}
+
 /// Every section.
 pub fn all(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     let mut v = nats(scale, lat_seconds, conns);
     v.extend(mqtt(scale, lat_seconds, conns));
     v.extend(amqp(scale, lat_seconds, conns));
     v.extend(stomp(scale, lat_seconds, conns));
+    v.extend(http(scale));
     v.extend(cross(scale));
     v
 }
@@ -676,8 +741,8 @@ pub fn all(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
 /// A driver from its spec (`Driver::spec`): `nats`, `mqtt:qos0`,
 /// `mqtt:qos1`, `mqtt:qos1p` (persistent session), `amqp:transient`,
 /// `amqp:acks`, `amqp:persistent`, `stomp:auto`, `stomp:acks`,
-/// `stomp:persistent`. The HTTP driver (`crates/bench/src/http.rs`) goes
-/// here as `http`.
+/// `stomp:persistent`, `http` (one message per request), `http:batchN`
+/// (NDJSON batches of N).
 pub fn driver(spec: &str) -> anyhow::Result<Arc<dyn Driver>> {
     Ok(match spec {
         "nats" => Arc::new(Nats),
@@ -693,7 +758,13 @@ pub fn driver(spec: &str) -> anyhow::Result<Arc<dyn Driver>> {
         "stomp" | "stomp:auto" => Arc::new(Stomp::auto()),
         "stomp:acks" => Arc::new(Stomp::client_individual()),
         "stomp:persistent" => Arc::new(Stomp::persistent()),
-        // "http" => Arc::new(crate::http::Http::default()), // crates/bench/src/http.rs (another engineer)
-        other => anyhow::bail!("no driver {other}"),
+        "http" => Arc::new(Http { batch: 1 }),
+        other => match other
+            .strip_prefix("http:batch")
+            .and_then(|b| b.parse::<usize>().ok())
+        {
+            Some(batch) if batch > 0 => Arc::new(Http { batch }),
+            _ => anyhow::bail!("no driver {other}"),
+        },
     })
 }

@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     counters: Counters,
     retired: Mutex<QueueStats>,
     shutdown: CancellationToken,
+    /// Messages and bytes in and out per protocol.
+    pub(crate) traffic: crate::traffic::TrafficRegistry,
     /// This broker, for queues to reach back to (dead letters, deletions).
     me: std::sync::Weak<Shared>,
     /// Durable state goes here when the broker has a journal.
@@ -131,6 +133,9 @@ pub(crate) struct Shared {
     id_limit: AtomicU64,
     id_lock: Mutex<()>,
     pub(crate) retained: crate::retained::RetainedStore,
+    pub(crate) state: crate::state::StateStore,
+    pub(crate) flow: tokio::sync::watch::Sender<crate::flow::BlockReason>,
+    pub(crate) flow_sources: Mutex<std::collections::BTreeMap<&'static str, String>>,
     pub(crate) clients: Arc<crate::clients::Registry>,
 }
 
@@ -216,12 +221,16 @@ impl Broker {
                 counters,
                 retired: Mutex::new(QueueStats::default()),
                 shutdown: CancellationToken::new(),
+                traffic: crate::traffic::TrafficRegistry::default(),
                 me: me.clone(),
                 id_limit: AtomicU64::new(if store.is_some() { 0 } else { u64::MAX }),
                 store,
                 next_store_queue: AtomicU64::new(0),
                 id_lock: Mutex::new(()),
                 retained: Default::default(),
+                state: Default::default(),
+                flow: tokio::sync::watch::Sender::new(None),
+                flow_sources: Mutex::new(std::collections::BTreeMap::new()),
                 clients: Default::default(),
             }),
         }
@@ -600,6 +609,24 @@ impl Broker {
     /// True when an exchange (or the anycast namespace `""`) exists.
     pub fn exchange_exists(&self, name: &str) -> bool {
         name.is_empty() || self.shared.exchange(name).is_some()
+    }
+
+    /// The message and byte totals of `protocol`, for adapters that count
+    /// without a [`crate::Session`] (sessions count on their own; see
+    /// [`crate::traffic`]).
+    pub fn traffic(&self, protocol: &'static str) -> Arc<crate::Traffic> {
+        self.shared.traffic.get(protocol)
+    }
+
+    /// Messages and body bytes in and out of every protocol that opened a
+    /// session or asked for [`Broker::traffic`], by protocol name.
+    pub fn traffic_stats(&self) -> Vec<(&'static str, crate::TrafficStats)> {
+        self.shared.traffic.stats()
+    }
+
+    /// True when a queue called `name` exists.
+    pub fn queue_exists(&self, name: &str) -> bool {
+        self.shared.queues.read().contains_key(name)
     }
 
     /// Broker-wide counters and gauges.

@@ -179,6 +179,13 @@ pub struct Limits {
     /// messages past it stay only in the journal and are read back as
     /// consumers reach them (paging).
     pub queue_memory: Size,
+    /// Above this resident memory publishers are held back until it falls
+    /// (AMQP `connection.blocked`, read back-pressure on MQTT, STOMP and
+    /// NATS, 503 on HTTP). 0: 40% of the machine's memory.
+    pub memory_high_watermark: Size,
+    /// Below this much free disk in the data directory publishers are held
+    /// back the same way. 0 disables the check.
+    pub disk_free_low_watermark: Size,
 }
 
 impl Default for Limits {
@@ -194,6 +201,8 @@ impl Default for Limits {
             max_connections_per_ip: 100_000,
             handshake_timeout: Dur::secs(10),
             queue_memory: Size::mib(64),
+            memory_high_watermark: Size(0),
+            disk_free_low_watermark: Size::mib(256),
         }
     }
 }

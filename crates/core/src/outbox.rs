@@ -17,6 +17,7 @@
 //! signals its per-client flusher once per read loop.
 
 use crate::queue::Queue;
+use crate::traffic::Tally;
 use parking_lot::Mutex;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -84,6 +85,8 @@ pub(crate) struct Outbox {
     wake_pending: AtomicBool,
     events: Mutex<Vec<SessionEvent>>,
     event_notify: Notify,
+    /// The session's message and byte counts (see [`crate::traffic`]).
+    pub(crate) tally: Tally,
 }
 
 thread_local! {
@@ -139,7 +142,7 @@ impl Drop for WakeBatch {
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Arc<Outbox> {
+    pub(crate) fn new(capacity: usize, max_bytes: usize, tally: Tally) -> Arc<Outbox> {
         Arc::new(Outbox {
             inner: Mutex::new(Inner::default()),
             capacity: capacity.max(1),
@@ -148,6 +151,7 @@ impl Outbox {
             wake_pending: AtomicBool::new(false),
             events: Mutex::new(Vec::new()),
             event_notify: Notify::new(),
+            tally,
         })
     }
 
@@ -252,15 +256,16 @@ impl Deliveries {
     /// Moves everything buffered into the local batch; wakes queues that
     /// were waiting for room. Returns false when there was nothing.
     fn refill(&mut self) -> bool {
-        let waiters = {
+        let (waiters, bytes) = {
             let mut g = self.outbox.inner.lock();
             if g.queue.is_empty() {
                 return false;
             }
             std::mem::swap(&mut g.queue, &mut self.local);
-            g.bytes = 0;
-            std::mem::take(&mut g.waiters)
+            let bytes = std::mem::take(&mut g.bytes);
+            (std::mem::take(&mut g.waiters), bytes)
         };
+        self.outbox.tally.outbound(self.local.len(), bytes);
         for q in waiters {
             if let Some(q) = q.upgrade() {
                 q.redispatch();
@@ -290,6 +295,8 @@ impl Deliveries {
             if self.outbox.inner.lock().closed {
                 return None;
             }
+            // Going idle: hand this session's counts to its protocol's totals.
+            self.outbox.tally.flush();
             // A wake-up that raced with the check above left a permit.
             self.outbox.notify.notified().await;
         }

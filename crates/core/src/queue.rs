@@ -414,6 +414,8 @@ pub(crate) struct Queue {
     /// Set once a message with its own expiry was enqueued, so the sweep
     /// looks at this queue.
     expiring: AtomicBool,
+    /// Ready-message watchers ([`crate::QueueWatch`]); see `ready_gained`.
+    pub(crate) watch: crate::watch::WatchPoint,
     state: Mutex<State>,
     /// (exchange, binding key, arguments) of every binding to this queue,
     /// removed with the queue.
@@ -458,6 +460,7 @@ impl Queue {
             options,
             owner: AtomicU64::new(owner.map_or(0, ConnId::get)),
             expiring: AtomicBool::new(false),
+            watch: crate::watch::WatchPoint::default(),
             state: Mutex::new(State {
                 ready,
                 consumers: Vec::new(),
@@ -651,6 +654,7 @@ impl Queue {
             };
         }
         st.ready.push_back(entry);
+        self.watch.ready_gained();
         if !st.stalled {
             self.dispatch(st, fx);
         }
@@ -925,6 +929,7 @@ impl Queue {
             self.dead_letter(st, e, DeathReason::DeliveryLimit, fx);
         } else {
             st.ready.requeue(e);
+            self.watch.ready_gained();
         }
     }
 
@@ -1108,6 +1113,9 @@ impl Queue {
             let tag = st.next_tag;
             st.next_tag += 1;
             st.stats.delivered += 1;
+            if entry.deliveries > 1 {
+                st.stats.redelivered += 1;
+            }
             let delivery = Delivery {
                 consumer,
                 tag: DeliveryTag(tag),
@@ -1180,6 +1188,7 @@ impl Queue {
         for e in st.ready.drain() {
             release(&e);
         }
+        self.watch.ready_gained();
         let consumers = std::mem::take(&mut st.consumers);
         consumers
             .into_iter()

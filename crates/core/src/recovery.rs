@@ -13,7 +13,7 @@ use crate::broker::Shared;
 use crate::exchange::{Exchange, ExchangeKind, ExchangeOptions};
 use crate::queue::{Queue, QueueOptions, Restored};
 use crate::store::codec::{self, Dec, Enc};
-use crate::store::{self, Decl, Store};
+use crate::store::{self, Decl, Keyed, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,10 @@ pub struct RecoveryReport {
     pub messages: u64,
     /// Recovered messages whose bodies stayed on disk (paged out).
     pub paged: u64,
+    /// Retained messages recovered.
+    pub retained: u64,
+    /// Session-state values recovered.
+    pub states: u64,
     /// Records that could not be decoded (logged, skipped).
     pub bad_records: u64,
     pub journal: JournalReport,
@@ -100,7 +104,9 @@ pub(crate) struct RMsg {
     pub(crate) priority: u8,
     pub(crate) expires_at: Option<u64>,
     pub(crate) size: u32,
-    pub(crate) body: Option<Message>,
+    /// Boxed behind an `Arc` (8 bytes), not inline: replay holds one
+    /// `RMsg` per live message, millions of them, mostly paged out.
+    pub(crate) body: Option<Arc<Message>>,
 }
 
 struct RQueue {
@@ -133,6 +139,8 @@ pub(crate) struct Recovering {
     bindings: HashMap<Vec<u8>, RecordLoc>,
     /// The last message-id reservation: (its record, the reserved limit).
     ids: Option<(RecordLoc, u64)>,
+    /// Retained messages and session state: the latest record per key.
+    keyed: HashMap<Keyed, (RecordLoc, Vec<u8>)>,
     bad: u64,
 }
 
@@ -146,6 +154,7 @@ impl Recovering {
             deleted: std::collections::HashSet::new(),
             bindings: HashMap::new(),
             ids: None,
+            keyed: HashMap::new(),
             bad: 0,
         }
     }
@@ -247,7 +256,7 @@ impl Recovering {
                 let body = if q.loaded + u64::from(meta.body_len) <= self.budget {
                     let m = codec::read_message(&mut d).ok()?;
                     q.loaded += u64::from(meta.body_len);
-                    Some(m)
+                    Some(Arc::new(m))
                 } else {
                     None
                 };
@@ -276,6 +285,30 @@ impl Recovering {
                     Some(m) => {
                         j.depend(r.loc, m.loc);
                         j.release(m.loc);
+                    }
+                    None => j.release(r.loc),
+                }
+            }
+            store::RETAIN | store::STATE => {
+                let key = if r.kind == store::RETAIN {
+                    Keyed::Retained(d.str().ok()?.to_owned())
+                } else {
+                    Keyed::State(d.str().ok()?.to_owned(), d.str().ok()?.to_owned())
+                };
+                if let Some((old, _)) = self.keyed.insert(key, (r.loc, r.payload.to_vec())) {
+                    j.release(old);
+                }
+            }
+            store::RETAIN_DEL | store::STATE_DEL => {
+                let key = if r.kind == store::RETAIN_DEL {
+                    Keyed::Retained(d.str().ok()?.to_owned())
+                } else {
+                    Keyed::State(d.str().ok()?.to_owned(), d.str().ok()?.to_owned())
+                };
+                match self.keyed.remove(&key) {
+                    Some((loc, _)) => {
+                        j.depend(r.loc, loc);
+                        j.release(loc);
                     }
                     None => j.release(r.loc),
                 }
@@ -349,7 +382,7 @@ impl Recovering {
                 priority: m.priority,
                 expires_at: m.expires_at,
                 size: m.size,
-                body: m.body.map(Arc::new),
+                body: m.body,
             });
             match shared.restore_queue(Str::from(rq.name.as_str()), rq.options, id, store, entries)
             {
@@ -381,6 +414,42 @@ impl Recovering {
             None => 0,
         };
         shared.set_next_message(max_msg.max(reserved));
+        for (key, (loc, payload)) in self.keyed {
+            let restored = {
+                let mut d = Dec(&payload);
+                match &key {
+                    Keyed::Retained(addr) => d
+                        .str()
+                        .ok()
+                        .and_then(|_| codec::read_message(&mut d).ok())
+                        .map(|m| {
+                            shared
+                                .retained
+                                .restore(Str::from(addr.as_str()), Arc::new(m));
+                            report.retained += 1;
+                        }),
+                    Keyed::State(scope, k) => d
+                        .str()
+                        .and_then(|_| d.str())
+                        .and_then(|_| d.bytes())
+                        .ok()
+                        .map(|v| {
+                            shared.state.restore(
+                                scope.clone(),
+                                k.clone(),
+                                bytes::Bytes::copy_from_slice(v),
+                            );
+                            report.states += 1;
+                        }),
+                }
+            };
+            if restored.is_some() {
+                store.restore_keyed(key, loc, payload);
+            } else {
+                report.bad_records += 1;
+                j.release(loc);
+            }
+        }
         for (payload, loc) in self.bindings {
             let Some(b) = parse_binding(&payload) else {
                 j.release(loc);

@@ -93,10 +93,38 @@ impl RetainedStore {
     }
 }
 
+impl RetainedStore {
+    /// Recovery: puts a journaled retained message back.
+    pub(crate) fn restore(&self, address: Str, msg: Arc<Message>) {
+        self.bytes.fetch_add(msg.approx_size(), Ordering::Relaxed);
+        self.map.write().insert(address, msg);
+    }
+}
+
 impl Broker {
     /// Sets (`Some`) or clears (`None`) the retained message of `address`;
-    /// returns the one it replaces.
+    /// returns the one it replaces. With a journal the change is journaled,
+    /// so retained messages survive a restart (as Mosquitto keeps them).
     pub fn retain(&self, address: &Address, msg: Option<Arc<Message>>) -> Option<Arc<Message>> {
+        if let Some(store) = &self.shared.store {
+            let key = crate::store::Keyed::Retained(address.as_str().to_owned());
+            let result = match &msg {
+                Some(m) => store.put(
+                    key,
+                    crate::store::with_encoded(
+                        |e| {
+                            e.str(address.as_str());
+                            crate::store::codec::message(e, m);
+                        },
+                        <[u8]>::to_vec,
+                    ),
+                ),
+                None => store.remove(&key),
+            };
+            if let Err(e) = result {
+                tracing::error!(address = %address, error = %e, "cannot journal a retained message");
+            }
+        }
         self.shared.retained.set(address, msg)
     }
 

@@ -169,6 +169,7 @@ impl Broker {
         let outbox = Outbox::new(
             limits.connection_buffer,
             limits.connection_buffer_bytes.as_usize(),
+            crate::traffic::Tally::new(self.shared.traffic.get(protocol)),
         );
         Session {
             broker: self.clone(),
@@ -205,6 +206,16 @@ impl Session {
         Outbox::receiver(&self.outbox)
     }
 
+    /// A completion for everything journaled so far — this session's acks
+    /// included — once it is on disk; `None` without a journal. For
+    /// protocols that confirm an acknowledgement (a STOMP receipt on ACK):
+    /// the confirmation waits for it, so an acknowledged message never
+    /// comes back after a crash. (Publishers wait on
+    /// [`Published::completion`].)
+    pub fn synced(&self) -> Option<switchyard_journal::Completion> {
+        self.broker.shared.store.as_ref().map(|s| s.sync())
+    }
+
     /// Waits until everything journaled so far is on disk (tests and
     /// shutdown; publishers wait on [`Published::completion`]).
     pub async fn sync_for_tests(&self) {
@@ -216,7 +227,10 @@ impl Session {
     /// Publishes, stamping this session as the origin.
     pub fn publish(&self, mut msg: Message) -> CoreResult<Published> {
         msg.origin = self.origin();
-        self.broker.publish(msg)
+        let bytes = msg.body.len();
+        let published = self.broker.publish(msg)?;
+        self.outbox.tally.inbound(bytes);
+        Ok(published)
     }
 
     /// Declares a queue owned by this connection (see [`Broker::declare_queue`]).
@@ -534,6 +548,11 @@ impl Session {
         let mut fx = Effects::default();
         let r = q.get(&mut q.lock(), getter, manual_ack, &mut fx);
         q.apply(fx);
+        if let Ok(Some((d, _))) = &r {
+            // A get is a round trip per message: count it at once (a
+            // session that only gets never waits in `Deliveries::recv`).
+            self.outbox.tally.outbound_now(1, d.message.body.len());
+        }
         r
     }
 
@@ -599,6 +618,7 @@ impl Session {
                 }
             }
             shared.count_published(&out);
+            self.outbox.tally.inbound(m.body.len());
             results.push(out);
         }
         for (q, op) in &ops {
@@ -645,5 +665,6 @@ impl Drop for Session {
             self.broker.shared.delete_queue(&q);
         }
         self.outbox.close();
+        self.outbox.tally.flush();
     }
 }

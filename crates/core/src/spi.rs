@@ -37,6 +37,10 @@ pub struct Connection {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub transport: Transport,
+    /// The name from the client's certificate when a TLS listener verified
+    /// one (mutual TLS): set by the server, `None` otherwise. Adapters
+    /// treat it as an authenticated user name.
+    pub tls_identity: Option<String>,
     pub stream: Box<dyn Stream>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,

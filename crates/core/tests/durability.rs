@@ -388,3 +388,49 @@ async fn committed_transactions_and_dead_letters_are_durable() {
         Some("rejected")
     );
 }
+
+#[tokio::test]
+async fn retained_messages_and_session_state_survive_a_restart() {
+    use switchyard_model::{Address, AddressFilter};
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _) = open(dir.path(), cfg());
+    let addr = |a: &str| Address::new(a).unwrap();
+    let retained = |a: &str, body: &'static str| {
+        let mut m = Message::multicast(&addr(a), Bytes::from_static(body.as_bytes()));
+        m.headers.push("k", Value::I32(7));
+        Some(std::sync::Arc::new(m))
+    };
+    b.retain(&addr("home.temp"), retained("home.temp", "20"));
+    b.retain(&addr("home.temp"), retained("home.temp", "21"));
+    b.retain(&addr("home.door"), retained("home.door", "open"));
+    b.retain(&addr("home.gone"), retained("home.gone", "x"));
+    b.retain(&addr("home.gone"), None);
+    b.save_state("mqtt", "client-1", b"subscriptions v1");
+    b.save_state("mqtt", "client-1", b"subscriptions v2");
+    b.save_state("mqtt", "client-2", b"bye");
+    b.delete_state("mqtt", "client-2");
+    session(&b).sync_for_tests().await;
+    let (b, r) = restart(b, dir.path(), cfg()).await;
+    assert_eq!((r.retained, r.states), (2, 1), "{r:?}");
+    let mut got: Vec<(String, Bytes)> = b
+        .retained(&AddressFilter::new("home.#").unwrap())
+        .into_iter()
+        .map(|m| (m.address.to_string(), m.body.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("home.door".into(), Bytes::from_static(b"open")),
+            ("home.temp".into(), Bytes::from_static(b"21"))
+        ]
+    );
+    let temp = &b.retained(&AddressFilter::new("home.temp").unwrap())[0];
+    assert_eq!(temp.headers.get("k"), Some(&Value::I32(7)));
+    assert_eq!(
+        b.load_state("mqtt", "client-1").as_deref(),
+        Some(&b"subscriptions v2"[..])
+    );
+    assert!(b.load_state("mqtt", "client-2").is_none());
+    assert_eq!(b.state_keys("mqtt"), ["client-1"]);
+}

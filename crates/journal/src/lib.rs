@@ -228,10 +228,12 @@ struct Segment {
     records: u64,
     bytes: u64,
     live_bytes: u64,
-    /// Tombstones elsewhere that refer to records in this segment.
-    dependents: Vec<RecordLoc>,
-    /// Live tombstones in this segment: (location, the record it refers to).
-    tombstones: Vec<(RecordLoc, RecordLoc)>,
+    /// Tombstones elsewhere that refer to records in this segment. (Sets,
+    /// not lists: a segment holds up to a million of them, and each is
+    /// removed one by one as it is released or relocated.)
+    dependents: hashbrown::HashSet<RecordLoc>,
+    /// Live tombstones in this segment → the record each refers to.
+    tombstones: hashbrown::HashMap<RecordLoc, RecordLoc>,
 }
 
 struct Inner {
@@ -581,11 +583,11 @@ impl Journal {
             let mut segs = self.inner.segments.lock();
             match segs.get_mut(&target.segment) {
                 Some(t) => {
-                    t.dependents.push(tombstone);
+                    t.dependents.insert(tombstone);
                     segs.entry(tombstone.segment)
                         .or_default()
                         .tombstones
-                        .push((tombstone, target));
+                        .insert(tombstone, target);
                     true
                 }
                 None => false,
@@ -702,7 +704,12 @@ impl Journal {
             .segments
             .lock()
             .get(&segment)
-            .map(|s| s.tombstones.clone())
+            .map(|s| {
+                s.tombstones
+                    .iter()
+                    .map(|(l, t)| (*l, *t))
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         let mut moved = 0;
         for (loc, target) in tombstones {
@@ -711,7 +718,7 @@ impl Journal {
                 .segments
                 .lock()
                 .get(&segment)
-                .is_some_and(|s| s.tombstones.iter().any(|(l, _)| *l == loc));
+                .is_some_and(|s| s.tombstones.contains_key(&loc));
             if !still {
                 continue;
             }
@@ -720,10 +727,10 @@ impl Journal {
             {
                 let mut segs = self.inner.segments.lock();
                 if let Some(s) = segs.get_mut(&segment) {
-                    s.tombstones.retain(|(l, _)| *l != loc);
+                    s.tombstones.remove(&loc);
                 }
                 if let Some(t) = segs.get_mut(&target.segment) {
-                    t.dependents.retain(|d| *d != loc);
+                    t.dependents.remove(&loc);
                 }
             }
             self.depend(new, target);
@@ -926,7 +933,7 @@ fn release_in(inner: &Inner, loc: RecordLoc) {
         };
         s.live = s.live.saturating_sub(1);
         s.live_bytes = s.live_bytes.saturating_sub(u64::from(loc.size));
-        s.tombstones.retain(|(l, _)| *l != loc);
+        s.tombstones.remove(&loc);
         s.live == 0
     };
     if dead {

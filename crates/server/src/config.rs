@@ -47,6 +47,10 @@ pub struct ServerSection {
     /// On SIGINT/SIGTERM: how long connections get to leave after the
     /// protocol's goodbye before they are dropped.
     pub shutdown_grace: Dur,
+    /// On SIGINT/SIGTERM, before anything closes: how long `/readyz`
+    /// answers 503 while every listener keeps serving, so load balancers
+    /// (Kubernetes endpoints) stop sending new clients first.
+    pub drain_period: Dur,
 }
 
 impl Default for ServerSection {
@@ -55,6 +59,7 @@ impl Default for ServerSection {
             name: "switchyard".to_owned(),
             data_dir: PathBuf::from("./data"),
             shutdown_grace: Dur::secs(5),
+            drain_period: Dur::secs(0),
         }
     }
 }

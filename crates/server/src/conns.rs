@@ -68,8 +68,23 @@ impl Admission {
         Some(Admitted {
             admission: self.clone(),
             protocol,
-            ip,
+            ip: Some(ip),
         })
+    }
+
+    /// Counts a connection of `protocol` carried inside a connection that
+    /// already holds a slot (a WebSocket on the HTTP listener): the
+    /// protocol's gauges move, the caps are not charged twice.
+    pub(crate) fn track(self: &Arc<Self>, protocol: &'static str) -> Admitted {
+        if let Some(c) = self.by_protocol.get(protocol) {
+            c.active.fetch_add(1, Ordering::Relaxed);
+            c.total.fetch_add(1, Ordering::Relaxed);
+        }
+        Admitted {
+            admission: self.clone(),
+            protocol,
+            ip: None,
+        }
     }
 
     pub(crate) fn active(&self) -> u64 {
@@ -82,19 +97,20 @@ impl Admission {
 pub(crate) struct Admitted {
     admission: Arc<Admission>,
     protocol: &'static str,
-    ip: IpAddr,
+    /// `None` for a tracked (uncharged) connection.
+    ip: Option<IpAddr>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let a = &self.admission;
-        a.total.fetch_sub(1, Ordering::AcqRel);
-        {
+        if let Some(ip) = self.ip {
+            a.total.fetch_sub(1, Ordering::AcqRel);
             let mut per_ip = a.per_ip.lock();
-            if let Some(n) = per_ip.get_mut(&self.ip) {
+            if let Some(n) = per_ip.get_mut(&ip) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    per_ip.remove(&self.ip);
+                    per_ip.remove(&ip);
                 }
             }
         }
@@ -121,5 +137,11 @@ mod tests {
         drop(g1);
         assert!(a.admit("x", ip1).is_some());
         assert_eq!(a.by_protocol["x"].refused.load(Ordering::Relaxed), 2);
+        let before = a.active();
+        let t = a.track("x");
+        assert_eq!(a.active(), before, "tracking does not take a slot");
+        assert_eq!(a.by_protocol["x"].active.load(Ordering::Relaxed), 3);
+        drop(t);
+        assert_eq!(a.by_protocol["x"].active.load(Ordering::Relaxed), 2);
     }
 }

@@ -1,8 +1,13 @@
 //! The HTTP listener: `/healthz`, `/readyz`, `/metrics`, the WebSocket
-//! paths of stream protocols (`/mqtt`, `/stomp`), and, as it lands, the REST
-//! API.
+//! paths of stream protocols (`/mqtt`, `/stomp`), and the HTTP adapter's
+//! REST and Server-Sent Events routes (`/v1/…`, `switchyard-http`).
+//!
+//! Connections go through admission like every other listener's (see
+//! `http_conn`); a WebSocket carried on one is also counted under its own
+//! protocol.
 
 use crate::Ctx;
+use crate::http_conn::{HttpListener, KillSwitch};
 use crate::registry::WsRoute;
 use crate::ws::WsStream;
 use axum::Router;
@@ -14,6 +19,7 @@ use axum::routing::get;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use switchyard_core::spi::{Connection, ProtocolAdapter, Transport};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +43,10 @@ struct AppState {
 
 pub(crate) struct Serve {
     pub(crate) socket: TcpListener,
+    /// The HTTP adapter's routes (opened once the broker has recovered).
+    pub(crate) api: switchyard_http::HttpApi,
+    /// How long open connections get after `stop` before they are cut.
+    pub(crate) grace: Duration,
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) ws: Arc<Vec<WsService>>,
     pub(crate) stop: CancellationToken,
@@ -66,24 +76,44 @@ fn router(state: AppState, ws: &[WsService]) -> Router {
 }
 
 pub(crate) async fn serve(s: Serve) {
+    let api = s.api;
+    let switch = Arc::new(KillSwitch::default());
+    let listener = HttpListener {
+        socket: s.socket,
+        admission: s.ctx.admission.clone(),
+        write_timeout: api.config().write_timeout.get(),
+        switch: switch.clone(),
+    };
     let state = AppState {
         ctx: s.ctx,
         close: s.close.clone(),
         connections: s.connections,
     };
-    let app = router(state, &s.ws);
-    let listener = axum::serve::ListenerExt::tap_io(s.socket, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let app = router(state, &s.ws).merge(api.router());
+    drop(api);
+    // `tap_io` only to get `ConnectInfo<SocketAddr>` from axum.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
     let stop = s.stop;
+    let grace = s.grace;
+    let killer = {
+        let stop = stop.clone();
+        let switch = switch.clone();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+            switch.kill();
+        }))
+    };
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         stop.cancelled().await;
+        switch.stopping();
     })
     .await;
+    drop(killer);
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP listener failed");
     }
@@ -95,13 +125,8 @@ fn websocket(
     peer: SocketAddr,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let Some(slot) = state.ctx.admission.admit(service.protocol, peer.ip()) else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "connection limit reached\n",
-        )
-            .into_response();
-    };
+    // The HTTP connection holds the admission slot; count the protocol too.
+    let slot = state.ctx.admission.track(service.protocol);
     let frames = service.route.frames;
     upgrade
         .protocols(service.route.subprotocols.iter().copied())
@@ -113,6 +138,7 @@ fn websocket(
                 peer: Some(peer),
                 local: None,
                 transport: Transport::WebSocket,
+                tls_identity: None,
                 stream: Box::new(WsStream::new(socket, frames)),
                 shutdown: state.close.child_token(),
             };
@@ -145,7 +171,9 @@ async fn healthz() -> &'static str {
 }
 
 /// Readiness: every listener is bound (and, with a durable store, it has
-/// recovered). 503 before that and during shutdown.
+/// recovered). 503 before that and during shutdown (`shutting_down`: from
+/// the signal on, through `server.drain_period`, while listeners still
+/// serve).
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ctx = &state.ctx;
     let ready = ctx.ready.load(Ordering::Acquire);
@@ -164,6 +192,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     });
     let body = serde_json::json!({
         "ready": ready,
+        "shutting_down": ctx.shutting_down.load(Ordering::Acquire),
         "name": ctx.name,
         "uptime_ms": ctx.started.elapsed().as_millis() as u64,
         "ready_after_ms": ctx.ready_after.lock().map(|d| d.as_millis() as u64),

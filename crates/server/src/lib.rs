@@ -10,9 +10,11 @@
 pub mod config;
 mod conns;
 mod http;
+mod http_conn;
 mod listener;
 pub mod logging;
 mod metrics;
+mod monitor;
 pub mod registry;
 pub mod ws;
 
@@ -60,6 +62,8 @@ pub(crate) struct Ctx {
     pub(crate) broker: Broker,
     pub(crate) admission: Arc<Admission>,
     pub(crate) ready: AtomicBool,
+    /// Set when shutdown begins (readiness answers 503 from then on).
+    pub(crate) shutting_down: AtomicBool,
     pub(crate) started: Instant,
     pub(crate) ready_after: parking_lot::Mutex<Option<Duration>>,
     /// What the journal's recovery found (reported by `/readyz`).
@@ -77,6 +81,7 @@ pub struct Server {
     listeners: TaskTracker,
     connections: TaskTracker,
     grace: Duration,
+    drain: Duration,
     maintenance: tokio::task::JoinHandle<()>,
 }
 
@@ -108,6 +113,7 @@ impl Server {
             broker: broker.clone(),
             admission,
             ready: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
             started,
             ready_after: parking_lot::Mutex::new(None),
             recovery: parking_lot::Mutex::new(None),
@@ -170,15 +176,25 @@ impl Server {
         // says 503 while the journal is recovered; stream listeners accept
         // connections only once recovery is done.
         let mut bound = Vec::new();
+        let config_grace = config.server.shutdown_grace.get();
         let mut streams = Vec::new();
+        let mut http_apis = Vec::new();
         for (b, protocol, service, socket) in sockets {
             match service {
                 Service::Stream(adapter) => {
                     streams.push((b.name.clone(), protocol, adapter, socket))
                 }
-                Service::Http => {
+                Service::Http(config) => {
+                    let api = switchyard_http::HttpApi::new(
+                        *config,
+                        broker.clone(),
+                        stop_accepting.clone(),
+                    );
+                    http_apis.push(api.clone());
                     listeners.spawn(http::serve(http::Serve {
                         socket,
+                        api,
+                        grace: config_grace,
                         ctx: ctx.clone(),
                         ws: ws_routes.clone(),
                         stop: stop_accepting.clone(),
@@ -209,6 +225,9 @@ impl Server {
             );
         }
         *ctx.recovery.lock() = Some(report);
+        for api in http_apis {
+            api.open();
+        }
         for (name, protocol, adapter, socket) in streams {
             listeners.spawn(listener::accept_loop(listener::Accept {
                 socket,
@@ -222,6 +241,14 @@ impl Server {
             }));
         }
         let maintenance = broker.start_maintenance();
+        let _ = std::fs::create_dir_all(&config.server.data_dir);
+        listeners.spawn(monitor::spawn(
+            broker.clone(),
+            config.server.data_dir.clone(),
+            config.core.limits.memory_high_watermark,
+            config.core.limits.disk_free_low_watermark,
+            stop_accepting.clone(),
+        ));
         ctx.ready.store(true, Ordering::Release);
         *ctx.ready_after.lock() = Some(started.elapsed());
         tracing::info!(
@@ -237,6 +264,7 @@ impl Server {
             listeners,
             connections,
             grace: config.server.shutdown_grace.get(),
+            drain: config.server.drain_period.get(),
             maintenance,
         })
     }
@@ -260,12 +288,21 @@ impl Server {
         self.ctx.admission.active()
     }
 
-    /// Graceful shutdown: stop accepting, ask every connection to leave with
-    /// its protocol's goodbye, wait up to the grace period, drop the rest,
-    /// stop the broker's background work.
+    /// Graceful shutdown: report not ready and keep serving for the drain
+    /// period, stop accepting, ask every connection to leave with its
+    /// protocol's goodbye, wait up to the grace period, drop the rest, stop
+    /// the broker's background work.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        self.ctx.shutting_down.store(true, Ordering::Release);
         self.ctx.ready.store(false, Ordering::Release);
+        if !self.drain.is_zero() {
+            tracing::info!(
+                drain_ms = self.drain.as_millis() as u64,
+                "draining: not ready, still serving"
+            );
+            tokio::time::sleep(self.drain).await;
+        }
         self.stop_accepting.cancel();
         self.listeners.close();
         self.listeners.wait().await;

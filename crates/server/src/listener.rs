@@ -53,6 +53,7 @@ pub(crate) async fn accept_loop(a: Accept) {
             peer: Some(peer),
             local,
             transport: Transport::Tcp,
+            tls_identity: None,
             stream: Box::new(stream),
             shutdown: a.close.child_token(),
         };

@@ -1,8 +1,9 @@
 //! Prometheus text exposition of the broker's counters and gauges.
 //!
 //! Names follow `switchyard_<subsystem>_<what>_<unit>`. Labels are bounded:
-//! protocol names, and queue names only for queues a client named (the
-//! per-subscription `$sub.…` queues are summed, never listed).
+//! protocol names (the binary's closed list), and queue names only for
+//! queues a client named (the per-subscription `$sub.…` queues are summed,
+//! never listed).
 
 use crate::Ctx;
 use std::fmt::Write as _;
@@ -65,6 +66,8 @@ pub(crate) fn render(ctx: &Ctx) -> String {
             c.refused.load(Ordering::Relaxed)
         );
     }
+
+    traffic(&mut out, ctx, &protocols);
 
     let s = ctx.broker.stats();
     let t = &s.queue_totals;
@@ -169,6 +172,31 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         "switchyard_route_cache_misses_total {}",
         s.route_cache_misses
     );
+    family(
+        &mut out,
+        "switchyard_route_cache_hit_ratio",
+        "gauge",
+        "Route cache hits / lookups since start (0 before any lookup).",
+    );
+    let lookups = s.route_cache_hits + s.route_cache_misses;
+    let ratio = if lookups == 0 {
+        0.0
+    } else {
+        s.route_cache_hits as f64 / lookups as f64
+    };
+    let _ = writeln!(out, "switchyard_route_cache_hit_ratio {ratio}");
+
+    family(
+        &mut out,
+        "switchyard_publishers_blocked",
+        "gauge",
+        "1 while publishers are held back (memory or disk watermark).",
+    );
+    let _ = writeln!(
+        out,
+        "switchyard_publishers_blocked {}",
+        u8::from(ctx.broker.flow().is_blocked())
+    );
 
     if let Some(j) = ctx.broker.journal_stats() {
         let journal: [(&str, &str, &str, u64); 7] = [
@@ -254,4 +282,51 @@ pub(crate) fn render(ctx: &Ctx) -> String {
         }
     }
     out
+}
+
+/// Messages and body bytes in and out, per protocol (see
+/// `switchyard_core::traffic`: sessions add their counts in batches, so a
+/// busy connection's last batch may not be in yet).
+fn traffic(
+    out: &mut String,
+    ctx: &Ctx,
+    protocols: &[(&&'static str, &crate::conns::ProtocolCounters)],
+) {
+    let stats = ctx.broker.traffic_stats();
+    let of = |p: &str| {
+        stats
+            .iter()
+            .find(|(name, _)| *name == p)
+            .map(|(_, s)| *s)
+            .unwrap_or_default()
+    };
+    type Pick = fn(&switchyard_core::TrafficStats) -> u64;
+    let families: [(&str, &str, Pick); 4] = [
+        (
+            "switchyard_protocol_messages_received_total",
+            "Messages clients published, by protocol.",
+            |t| t.messages_in,
+        ),
+        (
+            "switchyard_protocol_received_bytes_total",
+            "Body bytes of the messages clients published, by protocol.",
+            |t| t.bytes_in,
+        ),
+        (
+            "switchyard_protocol_messages_sent_total",
+            "Messages delivered to clients, by protocol.",
+            |t| t.messages_out,
+        ),
+        (
+            "switchyard_protocol_sent_bytes_total",
+            "Body bytes of the messages delivered to clients, by protocol.",
+            |t| t.bytes_out,
+        ),
+    ];
+    for (name, help, pick) in families {
+        family(out, name, "counter", help);
+        for (p, _) in protocols {
+            let _ = writeln!(out, "{name}{{protocol=\"{p}\"}} {}", pick(&of(p)));
+        }
+    }
 }

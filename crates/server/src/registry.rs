@@ -12,8 +12,8 @@ pub(crate) enum Service {
     /// A stream protocol: each accepted socket goes to the adapter.
     Stream(Arc<dyn ProtocolAdapter>),
     /// The HTTP listener (REST, SSE, WebSocket paths, health, metrics),
-    /// served by the server itself.
-    Http,
+    /// served by the server itself with the HTTP adapter's routes.
+    Http(Box<switchyard_http::HttpConfig>),
 }
 
 /// A WebSocket path on the HTTP listener that carries a stream protocol.
@@ -51,8 +51,11 @@ pub static PROTOCOLS: &[Protocol] = &[
         name: "http",
         default_port: 8080,
         websocket: None,
-        check_options: no_options,
-        build: |_| Ok(Service::Http),
+        check_options: |path, opts| http_config(path, opts).map(|_| ()),
+        build: |l| {
+            let config = http_config(&format!("listeners.{}", l.name), &l.options)?;
+            Ok(Service::Http(Box::new(config)))
+        },
     },
     Protocol {
         name: "nats",
@@ -126,6 +129,15 @@ fn amqp_config(
     Ok(c)
 }
 
+fn http_config(
+    path: &str,
+    opts: &BTreeMap<String, figment::value::Value>,
+) -> Result<switchyard_http::HttpConfig, ConfigError> {
+    let c: switchyard_http::HttpConfig = options(path, opts)?;
+    c.validate().map_err(|e| ConfigError::new(path, e))?;
+    Ok(c)
+}
+
 fn mqtt_config(
     path: &str,
     opts: &BTreeMap<String, figment::value::Value>,
@@ -160,6 +172,8 @@ pub(crate) fn options<T: DeserializeOwned>(
         })
 }
 
+/// `check_options` of a protocol that takes no options.
+#[allow(dead_code)]
 fn no_options(
     path: &str,
     options: &BTreeMap<String, figment::value::Value>,

@@ -53,8 +53,8 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
     } = conn;
     let limits = broker.config().limits.clone();
     let session = broker.session("amqp", id);
-    let mut deliveries = session.deliveries();
-    let events = deliveries.events();
+    let events = session.deliveries().events();
+    let mut flow = broker.flow();
     let mut c = Conn::new(
         session,
         Params {
@@ -111,7 +111,18 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
         }
         let room = c.out.len() < HIGH_WATER;
         let open = c.phase == Phase::Open;
-        let reading = !eof && room && c.phase != Phase::Closed;
+        // A publishing connection is held back while publishers are
+        // blocked (memory/disk watermark): told with connection.blocked when
+        // it asked for it, and not read meanwhile. Its heartbeats are not
+        // read either, so missing ones are not held against it.
+        let hold = c.publisher && flow.is_blocked();
+        if c.publisher {
+            c.set_blocked(hold, flow.reason().as_deref().unwrap_or(""));
+        }
+        if hold {
+            last_read = now;
+        }
+        let reading = !eof && room && c.phase != Phase::Closed && !hold;
         if reading && rbuf.capacity() - rbuf.len() < read_hint / 2 {
             rbuf.reserve(read_hint);
         }
@@ -144,15 +155,16 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
             Some((channel, epoch, seq, ok)) = confirms.next(), if !confirms.is_empty() => {
                 c.on_confirm_done(channel, epoch, seq, ok);
             }
-            d = deliveries.recv(), if open && room => {
+            d = c.deliveries.recv(), if open && room => {
                 if let Some(d) = d {
                     c.on_delivery(d);
                     while c.out.len() < HIGH_WATER {
-                        let Some(d) = deliveries.try_recv() else { break };
+                        let Some(d) = c.deliveries.try_recv() else { break };
                         c.on_delivery(d);
                     }
                 }
             }
+            () = flow.turn(hold), if c.publisher => {}
             () = events.ready(), if open => {
                 for e in events.take() {
                     c.on_event(e);
@@ -317,6 +329,7 @@ mod tests {
             peer: None,
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
+            tls_identity: None,
             stream: Box::new(a),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };

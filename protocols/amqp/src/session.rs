@@ -327,7 +327,8 @@ pub struct PendingConfirm {
 #[derive(Debug)]
 pub struct Conn {
     session: Session,
-    deliveries: Deliveries,
+    /// The session's one delivery stream (the driver reads it too).
+    pub deliveries: Deliveries,
     params: Params,
     pub phase: Phase,
     /// Negotiated largest frame (starts at the spec's minimum).
@@ -348,6 +349,9 @@ pub struct Conn {
     /// The authenticated user (for logs).
     pub user: Option<String>,
     blocked: bool,
+    /// The connection has published: it is held back while the broker
+    /// blocks publishers.
+    pub publisher: bool,
 }
 
 impl Conn {
@@ -370,6 +374,7 @@ impl Conn {
             next_epoch: 0,
             user: None,
             blocked: false,
+            publisher: false,
         }
     }
 
@@ -1026,6 +1031,7 @@ impl Conn {
                 Ok(())
             }
             Method::BasicPublish(m) => {
+                self.publisher = true;
                 if m.immediate {
                     return Err(AmqpError::conn_at(
                         NOT_IMPLEMENTED,

@@ -1213,3 +1213,76 @@ async fn a_1_mib_message_is_split_by_frame_max_and_arrives_whole() {
     assert!(d.data == body);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn publishers_are_held_back_while_the_broker_is_blocked() {
+    let b = TestBroker::start().await;
+    let (_pc, publisher) = channel(&b).await;
+    let (_cc, consumer) = channel(&b).await;
+    declare(&consumer, "flow.q", FieldTable::default()).await;
+    let mut deliveries = consumer
+        .basic_consume(
+            "flow.q".into(),
+            "c".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let publish = |body: &'static [u8]| {
+        let publisher = publisher.clone();
+        async move {
+            publisher
+                .basic_publish(
+                    "".into(),
+                    "flow.q".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    publish(b"1").await;
+    let got = tokio::time::timeout(WAIT, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.data, b"1");
+
+    b.broker().set_blocked(Some("test watermark".into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // lapin itself holds publishes back once told connection.blocked.
+    let pending = tokio::spawn(publish(b"2"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), deliveries.next())
+            .await
+            .is_err(),
+        "a publishing connection is not read while blocked"
+    );
+    // The consuming connection is not held back.
+    b.broker()
+        .publish(Message::anycast("flow.q", Bytes::from_static(b"core")))
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.data, b"core");
+
+    b.broker().set_blocked(None);
+    let got = tokio::time::timeout(WAIT, deliveries.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.data, b"2");
+    pending.await.unwrap();
+    b.stop().await;
+}

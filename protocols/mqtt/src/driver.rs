@@ -53,6 +53,34 @@ const FLUSH_AT: usize = 256 * 1024;
 
 type Hasher = foldhash::fast::RandomState;
 
+/// Most PUBACK/PUBREC answers waiting for the journal before the
+/// connection stops reading more PUBLISHes.
+const MAX_PENDING_ACKS: usize = 4096;
+
+/// A PUBACK or PUBREC held back until the journal has the message (or
+/// queued behind one that is: answers keep the order of the PUBLISHes,
+/// [MQTT-4.6.0-2]).
+struct PendingAck {
+    kind: u8,
+    packet_id: u16,
+    reason: u8,
+    wait: Option<switchyard_core::Completion>,
+}
+
+/// Resolves when the answer at the front of `acks` may go out: `Ok` once
+/// its message is on disk (at once when it waits for nothing).
+fn front_ack(
+    acks: &mut VecDeque<PendingAck>,
+) -> impl std::future::Future<Output = Result<(), String>> + '_ {
+    std::future::poll_fn(move |cx| match acks.front_mut() {
+        None => Poll::Pending,
+        Some(PendingAck { wait: None, .. }) => Poll::Ready(Ok(())),
+        Some(PendingAck { wait: Some(c), .. }) => {
+            Pin::new(c).poll(cx).map(|r| r.map_err(|e| e.to_string()))
+        }
+    })
+}
+
 /// How a connection ends.
 #[derive(Debug)]
 enum Close {
@@ -226,6 +254,9 @@ struct Conn {
     session_expiry: u32,
     keep_alive: Duration,
     last_rx: Instant,
+    /// The client has published: it is held back while the broker blocks
+    /// publishers.
+    publisher: bool,
     will: Option<Box<codec::Will>>,
     window: usize,
     qos2: Qos2Ids,
@@ -236,6 +267,9 @@ struct Conn {
     client_max_packet: usize,
     /// Last topic published and its address (publishers repeat topics).
     last_topic: Option<(bytes::Bytes, Str)>,
+    /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
+    /// is told a QoS 1/2 message is safe only once it is on disk.
+    acks: VecDeque<PendingAck>,
 }
 
 /// Serves one connection from its first byte to its end.
@@ -547,6 +581,7 @@ async fn open(
         session_expiry,
         keep_alive: Duration::from_secs(u64::from(keep_alive)),
         last_rx: Instant::now(),
+        publisher: false,
         will: connect.will.clone().map(Box::new),
         window: window.max(1),
         qos2,
@@ -554,6 +589,7 @@ async fn open(
         out_alias_max,
         client_max_packet,
         last_topic: None,
+        acks: VecDeque::new(),
     });
     // [MQTT-4.4.0-1]: PUBRELs of the resumed session go out again.
     for id in pubrel {
@@ -685,6 +721,7 @@ impl Conn {
             grace
         });
         tokio::pin!(timer);
+        let mut flow = self.broker.flow();
         // Bytes that came with the CONNECT.
         if let Err(close) = self.on_bytes() {
             if let Close::Server(code, why) = &close {
@@ -704,6 +741,15 @@ impl Conn {
             let mut deliveries = self.sub.as_mut().and_then(|s| s.deliveries.take());
             let events = self.sub.as_ref().map(|s| s.events.clone());
             let room = self.sub.as_ref().is_none_or(|s| s.waiting.is_empty());
+            // A client that publishes is not read while publishers are
+            // blocked (memory/disk watermark); its keep-alive is not held
+            // against it meanwhile.
+            let hold = self.publisher && flow.is_blocked();
+            if hold {
+                self.last_rx = Instant::now();
+            }
+            let can_read = !hold && self.acks.len() < MAX_PENDING_ACKS;
+            let want = self.read_want();
             let turn: Result<(), Close> = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -744,7 +790,18 @@ impl Conn {
                         Ok(())
                     }
                 }
-                r = self.io.read(self.read_want()) => match r {
+                r = front_ack(&mut self.acks), if !self.acks.is_empty() => match r {
+                    Ok(()) => {
+                        self.release_acks();
+                        Ok(())
+                    }
+                    Err(e) => Err(Close::protocol(
+                        reason::UNSPECIFIED,
+                        format!("a message could not be stored: {e}"),
+                    )),
+                },
+                () = flow.turn(hold), if self.publisher => Ok(()),
+                r = self.io.read(want), if can_read => match r {
                     Ok(0) => Err(Close::Gone(None)),
                     Err(e) => Err(Close::Gone(Some(e))),
                     Ok(n) => {
@@ -917,23 +974,68 @@ impl Conn {
 
     /// The answer to a QoS 1/2 publication that is not routed.
     fn refuse_publish(&mut self, p: &Publish, code: u8) {
+        self.answer_publish(p, code, None);
+    }
+
+    /// PUBACK (QoS 1) or PUBREC (QoS 2) for `p`; when `wait` is given, or
+    /// an earlier answer still waits, it goes out once the journal has
+    /// synced (in order).
+    fn answer_publish(&mut self, p: &Publish, code: u8, wait: Option<switchyard_core::Completion>) {
         let code = if self.v5 { code } else { 0 };
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack_packet(kind::PUBACK, p.packet_id, code),
+        let kind = match p.qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => kind::PUBACK,
             QoS::ExactlyOnce => {
                 if code < 0x80 {
                     self.qos2.insert(p.packet_id);
                 }
-                self.ack_packet(kind::PUBREC, p.packet_id, code);
+                kind::PUBREC
             }
+        };
+        self.answer(kind, p.packet_id, code, wait);
+    }
+
+    /// Writes a publish answer now, or queues it behind those waiting.
+    fn answer(
+        &mut self,
+        kind: u8,
+        packet_id: u16,
+        reason: u8,
+        wait: Option<switchyard_core::Completion>,
+    ) {
+        if wait.is_none() && self.acks.is_empty() {
+            self.ack_packet(kind, packet_id, reason);
+        } else {
+            self.acks.push_back(PendingAck {
+                kind,
+                packet_id,
+                reason,
+                wait,
+            });
+        }
+    }
+
+    /// After the front answer's wait resolved: writes it and every answer
+    /// behind it that waits for nothing more.
+    fn release_acks(&mut self) {
+        if let Some(front) = self.acks.front_mut() {
+            front.wait = None;
+        }
+        while let Some(a) = self.acks.front() {
+            if a.wait.is_some() {
+                break;
+            }
+            let (kind, id, reason) = (a.kind, a.packet_id, a.reason);
+            self.acks.pop_front();
+            self.ack_packet(kind, id, reason);
         }
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
+        self.publisher = true;
         if p.qos == QoS::ExactlyOnce && self.qos2.contains(&p.packet_id) {
             // Sent again before PUBREL: routed already, never twice.
-            self.ack_packet(kind::PUBREC, p.packet_id, 0);
+            self.answer(kind::PUBREC, p.packet_id, 0, None);
             return Ok(());
         }
         if p.qos == QoS::ExactlyOnce && self.qos2.len() >= usize::from(self.cfg.receive_maximum) {
@@ -968,6 +1070,7 @@ impl Conn {
             }
         };
         let mut code = reason::SUCCESS;
+        let mut wait = None;
         if p.retain {
             // [MQTT-3.3.1-5..7]: keep the last, an empty payload clears.
             if let Ok(addr) = switchyard_model::Address::new(&address) {
@@ -987,13 +1090,13 @@ impl Conn {
         };
         match self.broker.publish(msg) {
             Ok(published) => {
-                if published.completion.is_some() {
-                    // The journal (issue 8) confirms after fsync; until it
-                    // lands, publishes complete when routed.
-                }
+                // A message journaled (persistent, into a durable queue such
+                // as a persistent session's) is acknowledged after the
+                // fsync that covers it.
                 if code == reason::SUCCESS && published.is_unroutable() {
                     code = reason::NO_MATCHING_SUBSCRIBERS;
                 }
+                wait = published.completion;
             }
             Err(CoreError::MessageTooLarge { .. }) => code = reason::PACKET_TOO_LARGE,
             Err(CoreError::AccessRefused(_)) => code = reason::NOT_AUTHORIZED,
@@ -1003,7 +1106,7 @@ impl Conn {
                 code = reason::UNSPECIFIED;
             }
         }
-        self.refuse_publish(&p, code);
+        self.answer_publish(&p, code, wait);
         Ok(())
     }
 
@@ -1580,6 +1683,7 @@ mod tests {
             peer: None,
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
+            tls_identity: None,
             stream: Box::new(a),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
@@ -1590,6 +1694,7 @@ mod tests {
             peer: None,
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
+            tls_identity: None,
             stream: Box::new(a2),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };

@@ -1196,3 +1196,42 @@ async fn a_session_resumed_with_expiry_zero_ends_with_that_connection() {
     );
     b.stop().await;
 }
+
+#[tokio::test]
+async fn publishers_are_held_back_while_the_broker_is_blocked() {
+    let b = TestBroker::start().await;
+    let mut consumer = c4(&b, "flow-consumer").await;
+    consumer.sub("flow/x", v4::QoS::AtMostOnce).await;
+    let mut publisher = c4(&b, "flow-publisher").await;
+    publisher
+        .pub_acked("flow/x", v4::QoS::AtMostOnce, false, b"1")
+        .await;
+    assert_eq!(body_of(&consumer.publish_msg(WAIT).await.unwrap()), b"1");
+
+    b.broker().set_blocked(Some("test watermark".into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publisher
+        .client
+        .publish("flow/x", v4::QoS::AtMostOnce, false, b"2".to_vec())
+        .await
+        .unwrap();
+    assert!(
+        consumer
+            .publish_msg(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a publishing connection is not read while blocked"
+    );
+    // Consumers are not held back.
+    b.broker()
+        .publish(Message::multicast(
+            &Address::new("flow.x").unwrap(),
+            Bytes::from_static(b"core"),
+        ))
+        .unwrap();
+    assert_eq!(body_of(&consumer.publish_msg(WAIT).await.unwrap()), b"core");
+
+    b.broker().set_blocked(None);
+    assert_eq!(body_of(&consumer.publish_msg(WAIT).await.unwrap()), b"2");
+    b.stop().await;
+}

@@ -88,6 +88,7 @@ impl ProtocolAdapter for NatsAdapter {
             connected: false,
             pings_out: 0,
             expired: Vec::new(),
+            publisher: false,
         };
         let info = st.info_json(&conn, max_payload);
         codec::encode_info(&mut st.wbuf, info.as_bytes());
@@ -187,6 +188,9 @@ struct State<'a> {
     pings_out: u32,
     /// Subscriptions that reached their `UNSUB` max during this turn.
     expired: Vec<ConsumerId>,
+    /// This connection has published: it is held back while the broker
+    /// blocks publishers (memory or disk watermark).
+    publisher: bool,
 }
 
 struct Conn<'a> {
@@ -210,6 +214,7 @@ impl Conn<'_> {
             ..
         } = conn;
         let events = self.deliveries.events();
+        let mut flow = self.st.session.broker().flow();
         let period = self
             .st
             .cfg()
@@ -224,7 +229,10 @@ impl Conn<'_> {
 
         self.st.flush(&mut stream, write_deadline).await?;
         loop {
-            let flow = tokio::select! {
+            // A publishing connection is not read while publishers are held
+            // back: TCP back-pressure reaches the client.
+            let hold = self.st.publisher && flow.is_blocked();
+            let turn = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
                     // Clients reconnect on their own; nats-server simply closes.
@@ -251,13 +259,15 @@ impl Conn<'_> {
                     codec::encode_err(&mut self.st.wbuf, "Authentication Timeout");
                     Flow::Close(AdapterError::Timeout("no CONNECT"))
                 }
-                r = read_some(&mut stream, &mut self.reader.rbuf) => match r {
+                // Re-evaluate `hold` when publishers are (un)blocked.
+                () = flow.turn(hold), if self.st.publisher => Flow::Continue,
+                r = read_some(&mut stream, &mut self.reader.rbuf), if !hold => match r {
                     Ok(0) => Flow::Eof,
                     Ok(_) => self.on_read(),
                     Err(e) => Flow::Close(AdapterError::Io(e)),
                 },
             };
-            match flow {
+            match turn {
                 Flow::Continue => self.st.flush(&mut stream, write_deadline).await?,
                 Flow::Eof => return Ok(()),
                 Flow::Close(e) => {
@@ -482,6 +492,7 @@ impl State<'_> {
         header_len: usize,
         payload: Bytes,
     ) -> Flow {
+        self.publisher = true;
         let Some(address) = self.address(subject) else {
             if self.opts.pedantic {
                 codec::encode_err(&mut self.wbuf, "Invalid Publish Subject");

@@ -410,3 +410,57 @@ async fn nats_publisher_reaches_a_core_subscriber_byte_identical() {
     assert_eq!(m.payload, body);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn publishers_are_held_back_while_the_broker_is_blocked() {
+    let b = TestBroker::start().await;
+    let consumer = connect(&b).await;
+    let mut sub = consumer.subscribe("flow.x").await.unwrap();
+    sync(&consumer).await;
+    let publisher = connect(&b).await;
+    publisher.publish("flow.x", "1".into()).await.unwrap();
+    assert_eq!(
+        &tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .payload[..],
+        b"1"
+    );
+
+    b.broker().set_blocked(Some("test watermark".into()));
+    publisher.publish("flow.x", "2".into()).await.unwrap();
+    publisher.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "a publishing connection is not read while blocked"
+    );
+    // Consumers are not held back.
+    b.broker()
+        .publish(Message::multicast(
+            &Address::new("flow.x").unwrap(),
+            Bytes::from_static(b"core"),
+        ))
+        .unwrap();
+    assert_eq!(
+        &tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .payload[..],
+        b"core"
+    );
+
+    b.broker().set_blocked(None);
+    assert_eq!(
+        &tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .payload[..],
+        b"2"
+    );
+    b.stop().await;
+}

@@ -182,6 +182,7 @@ pub(crate) async fn serve(
     let mut core = broker.session(PROTOCOL, id);
     let mut deliveries = core.deliveries();
     let events = deliveries.events();
+    let mut flow = broker.flow();
     let mut dec = FrameDecoder::new(config.limits(broker.config().limits.max_message_size));
     let mut st = StompSession::new(config.clone(), id);
     let mut out = Output::default();
@@ -257,7 +258,15 @@ pub(crate) async fn serve(
         }
 
         let connected = st.is_connected();
-        let can_read = end.is_none() && !io.eof && out.pending.len() < MAX_PENDING_RECEIPTS;
+        // A connection that publishes is not read while publishers are
+        // blocked (memory/disk watermark); its heart-beats are not held
+        // against it meanwhile.
+        let hold = st.is_publisher() && flow.is_blocked();
+        if hold {
+            io.last_read = Instant::now();
+        }
+        let can_read =
+            end.is_none() && !io.eof && out.pending.len() < MAX_PENDING_RECEIPTS && !hold;
         if can_read {
             io.prepare_read(&dec);
         }
@@ -329,6 +338,7 @@ pub(crate) async fn serve(
                     io.on_read(r)?;
                 }
             }
+            () = flow.turn(hold), if st.is_publisher() => {}
             r = io.stream.read_buf(&mut io.rbuf), if can_read => io.on_read(r)?,
         }
     }

@@ -195,6 +195,9 @@ pub struct StompSession {
     txs: Map<Text, OpenTx>,
     tx_bytes: usize,
     known_queues: HashSet<Str, foldhash::fast::RandomState>,
+    /// The connection has sent a SEND: it is held back while the broker
+    /// blocks publishers.
+    publisher: bool,
 }
 
 fn truthy(frame: &Frame, name: &str) -> bool {
@@ -251,7 +254,13 @@ impl StompSession {
             txs: Map::default(),
             tx_bytes: 0,
             known_queues: HashSet::default(),
+            publisher: false,
         }
+    }
+
+    /// True once the client has sent a SEND.
+    pub fn is_publisher(&self) -> bool {
+        self.publisher
     }
 
     /// The negotiated version, once CONNECTED has been sent.
@@ -317,7 +326,12 @@ impl StompSession {
             }
             Command::Ack | Command::Nack => {
                 self.ack(&frame, core)?;
-                Vec::new()
+                // A receipt for an acknowledgement comes once it is on
+                // disk: the message cannot come back after a crash.
+                match receipt {
+                    Some(_) => core.synced().into_iter().collect(),
+                    None => Vec::new(),
+                }
             }
             Command::Begin => {
                 self.begin(&frame)?;
@@ -571,6 +585,7 @@ impl StompSession {
         core: &mut Session,
         wants_receipt: bool,
     ) -> Result<Vec<Completion>, StompError> {
+        self.publisher = true;
         let dest = Self::require(frame, "destination")?;
         let (namespace, address) = match Destination::parse(dest, self.config.default_destination)?
         {

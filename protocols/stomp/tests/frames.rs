@@ -904,3 +904,38 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     drop(slow);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn publishers_are_held_back_while_the_broker_is_blocked() {
+    let b = TestBroker::start().await;
+    let addr = b.addr("stomp");
+    let mut consumer = StompClient::connect(addr, Some("1.2")).await;
+    consumer.subscribe("/topic/flow.x", "auto").await;
+    let mut publisher = StompClient::connect(addr, Some("1.2")).await;
+    publisher.send("/topic/flow.x", b"1").await;
+    assert_eq!(body_str(&consumer.message().await), "1");
+
+    b.broker().set_blocked(Some("test watermark".into()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    publisher
+        .send_frame(
+            &Frame::new(Command::Send)
+                .with("destination", "/topic/flow.x")
+                .with("content-length", "1")
+                .with_body(Bytes::from_static(b"2")),
+        )
+        .await;
+    consumer.no_message().await;
+    // Consumers are not held back.
+    b.broker()
+        .publish(Message::multicast(
+            &Address::new("flow.x").unwrap(),
+            Bytes::from_static(b"core"),
+        ))
+        .unwrap();
+    assert_eq!(body_str(&consumer.message().await), "core");
+
+    b.broker().set_blocked(None);
+    assert_eq!(body_str(&consumer.message().await), "2");
+    b.stop().await;
+}

@@ -13,6 +13,10 @@
 //! | `MSG` | queue store id, message | the message is in the queue |
 //! | `ACK` | queue store id, message id | tombstone of `MSG` |
 //! | `ID_BLOCK` | highest message id reserved | until the next reservation |
+//! | `RETAIN` | address, message | until replaced or cleared |
+//! | `RETAIN_DEL` | address | tombstone of `RETAIN` |
+//! | `STATE` | scope, key, opaque bytes | until replaced or deleted |
+//! | `STATE_DEL` | scope, key | tombstone of `STATE` |
 //!
 //! Message ids are reserved in blocks (`ID_BLOCK`), so ids stay unique and
 //! increasing across restarts even for messages that were never written.
@@ -46,6 +50,10 @@ pub(crate) const UNBIND: u8 = 6;
 pub(crate) const MSG: u8 = 7;
 pub(crate) const ACK: u8 = 8;
 pub(crate) const ID_BLOCK: u8 = 9;
+pub(crate) const RETAIN: u8 = 10;
+pub(crate) const RETAIN_DEL: u8 = 11;
+pub(crate) const STATE: u8 = 12;
+pub(crate) const STATE_DEL: u8 = 13;
 
 /// Which declaration a metadata record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,12 +64,41 @@ pub(crate) enum Decl {
     Ids,
 }
 
+/// Records kept per key whose latest version is the live one (retained
+/// messages by address, session state by scope and key).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Keyed {
+    Retained(String),
+    State(String, String),
+}
+
+impl Keyed {
+    fn kinds(&self) -> (u8, u8) {
+        match self {
+            Keyed::Retained(_) => (RETAIN, RETAIN_DEL),
+            Keyed::State(..) => (STATE, STATE_DEL),
+        }
+    }
+
+    /// The tombstone payload (the key alone).
+    pub(crate) fn key_payload(&self) -> Vec<u8> {
+        let mut e = Enc::default();
+        match self {
+            Keyed::Retained(a) => e.str(a),
+            Keyed::State(s, k) => e.str(s).str(k),
+        };
+        e.0
+    }
+}
+
 #[derive(Debug, Default)]
 struct Index {
     /// Live declaration records: location and payload (for relocation).
     decls: HashMap<Decl, (RecordLoc, Vec<u8>)>,
     /// Live bindings, keyed by their payload.
     bindings: HashMap<Vec<u8>, RecordLoc>,
+    /// Live keyed records: location and payload (for relocation).
+    keyed: HashMap<Keyed, (RecordLoc, Vec<u8>)>,
 }
 
 /// The core's handle on the journal.
@@ -162,6 +199,33 @@ impl Store {
         }
     }
 
+    /// Writes the current version of a keyed record (replacing the last).
+    pub(crate) fn put(&self, key: Keyed, payload: Vec<u8>) -> Result<(), JournalError> {
+        let mut ix = self.index.lock();
+        let (kind, _) = key.kinds();
+        let loc = self.journal.append(kind, &payload)?;
+        if let Some((old, _)) = ix.keyed.insert(key, (loc, payload)) {
+            self.journal.release(old);
+        }
+        Ok(())
+    }
+
+    /// Removes a keyed record (a tombstone).
+    pub(crate) fn remove(&self, key: &Keyed) -> Result<(), JournalError> {
+        let mut ix = self.index.lock();
+        if let Some((loc, _)) = ix.keyed.remove(key) {
+            let (_, del) = key.kinds();
+            self.journal
+                .append_tombstone(del, &key.key_payload(), loc)?;
+            self.journal.release(loc);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn restore_keyed(&self, key: Keyed, loc: RecordLoc, payload: Vec<u8>) {
+        self.index.lock().keyed.insert(key, (loc, payload));
+    }
+
     /// Recovery: registers what replay found live.
     pub(crate) fn restore_decl(&self, decl: Decl, loc: RecordLoc, payload: Vec<u8>) {
         self.index.lock().decls.insert(decl, (loc, payload));
@@ -192,6 +256,14 @@ impl Store {
         for (payload, loc) in ix.bindings.iter_mut() {
             if segments.contains(&loc.segment) {
                 let new = self.journal.append(BIND, payload)?;
+                self.journal.release(*loc);
+                *loc = new;
+                moved += 1;
+            }
+        }
+        for (key, (loc, payload)) in ix.keyed.iter_mut() {
+            if segments.contains(&loc.segment) {
+                let new = self.journal.append(key.kinds().0, payload)?;
                 self.journal.release(*loc);
                 *loc = new;
                 moved += 1;
