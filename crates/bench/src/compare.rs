@@ -44,6 +44,10 @@ struct CaseResult {
     settles: Vec<(String, Duration)>,
     /// HTTP cases: the axum echo endpoint's median request rate.
     echo_rate: Option<f64>,
+    /// Persistent cases: the disk's raw rate (4 KiB appends + `fdatasync`
+    /// per second, p50 µs) measured just before the case: on a shared disk
+    /// it moves during a run.
+    disk: Option<(f64, f64)>,
 }
 
 /// The HTTP section's reference: single-message POSTs over keep-alive
@@ -435,7 +439,15 @@ async fn run_case(
         errors: Vec::new(),
         settles: Vec::new(),
         echo_rate: None,
+        disk: None,
     };
+    if case.persistent {
+        let dir = std::env::temp_dir();
+        out.disk = tokio::task::spawn_blocking(move || disk_fdatasync(&dir, 1.0))
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+    }
     let mut scenario = case.scenario.clone();
     match &case.kind {
         Kind::FixedRate => out.offered = scenario.rate,
@@ -672,6 +684,15 @@ pub async fn compare(opts: &Options) -> Result<String> {
     // otherwise hide what new connections cost.
     let mut order: Vec<usize> = (0..cases.len()).collect();
     order.sort_by_key(|&i| !matches!(cases.get(i).map(|c| &c.kind), Some(Kind::Conns { .. })));
+    // The HTTP reference (echo endpoint, Switchyard without a subscriber)
+    // runs right after the last HTTP case, so that all HTTP figures come
+    // from the same minutes of the run.
+    let last_http = order
+        .iter()
+        .rev()
+        .find(|&&i| cases.get(i).is_some_and(|c| c.section == "HTTP"))
+        .copied();
+    let mut http_ref = None;
     let mut done: Vec<(usize, CaseResult)> = Vec::new();
     for i in order {
         let Some(case) = cases.get(i) else { continue };
@@ -698,22 +719,21 @@ pub async fn compare(opts: &Options) -> Result<String> {
             r.errors.push(format!("{m} is not running"));
         }
         done.push((i, r));
+        if Some(i) == last_http {
+            let count = cases
+                .iter()
+                .find(|c| c.section == "HTTP")
+                .map_or(1000, |c| c.scenario.count);
+            http_ref = Some(http_reference(&sy.target, count, opts.reps).await);
+        }
     }
     done.sort_by_key(|(i, _)| *i);
     let mut results: Vec<CaseResult> = done.into_iter().map(|(_, r)| r).collect();
-    let http_ref = if results.iter().any(|r| r.case.section == "HTTP") {
-        let count = results
-            .iter()
-            .find(|r| r.case.section == "HTTP")
-            .map_or(1000, |r| r.case.scenario.count);
-        let h = http_reference(&sy.target, count, opts.reps).await;
+    if let Some(h) = &http_ref {
         for r in results.iter_mut().filter(|r| r.case.section == "HTTP") {
             r.echo_rate = (h.echo.0 > 0.0).then_some(h.echo.0);
         }
-        Some(h)
-    } else {
-        None
-    };
+    }
     let versions = versions(&opts.switchyard, &peers);
     drop(peers);
     drop(sy);
@@ -1231,14 +1251,15 @@ fn persistent_table(d: &mut String, rows: &[&CaseResult], disk: (f64, f64)) {
         d,
         "Persistent runs: publish → confirm latency, and what Switchyard's store did \
          (`/metrics`: `switchyard_store_fsyncs_total`, `_batches_total`, `_records_appended_total`). \
-         The disk's raw rate, measured in this run: {:.0} `fdatasync`/s of 4 KiB appends.\n",
+         The disk's raw rate, measured at the start of this run: {:.0} `fdatasync`/s of 4 KiB \
+         appends; the last column measures it again (1 s) just before each case.\n",
         disk.0
     );
     let _ = writeln!(
         d,
-        "| scenario | Switchyard confirm p50 / p99 / p99.9 | peer confirm p50 / p99 / p99.9 | fsyncs/s | records per batch | fsyncs in the run |"
+        "| scenario | Switchyard confirm p50 / p99 / p99.9 | peer confirm p50 / p99 / p99.9 | fsyncs/s | records per batch | fsyncs in the run | disk's raw fdatasync/s (p50) just before |"
     );
-    let _ = writeln!(d, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(d, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let sy = r
             .runs
@@ -1259,9 +1280,12 @@ fn persistent_table(d: &mut String, rows: &[&CaseResult], disk: (f64, f64)) {
                 s.fsyncs.to_string(),
             )
         });
+        let raw = r.disk.map_or("–".into(), |(rate, p50)| {
+            format!("{rate:.0} ({})", fmt_us(p50))
+        });
         let _ = writeln!(
             d,
-            "| {} | {} | {} | {fs} | {rb} | {n} |",
+            "| {} | {} | {} | {fs} | {rb} | {n} | {raw} |",
             r.case.scenario.name,
             fmt_lat(&sy.confirm),
             fmt_lat(&peer.confirm)
