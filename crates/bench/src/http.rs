@@ -9,7 +9,9 @@
 //! broker is compared with: a plain axum endpoint that answers every POST
 //! with its body, on the same HTTP stack (axum/hyper/tokio).
 
-use crate::driver::{Driver, PubPlan, Publisher, Subscriber, now_ns, stamp};
+use crate::driver::{
+    Dest, Driver, FILL, Idle, PubPlan, PubResult, Publisher, Subscriber, now_ns, stamp,
+};
 use anyhow::{Context, Result, bail};
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
@@ -107,14 +109,19 @@ pub fn request(out: &mut Vec<u8>, path: &str, content_type: Option<&str>, body: 
 }
 
 /// A JSON line of `size` bytes (at least 20) carrying a send time that
-/// [`crate::driver::stamped`] reads back: `"T<16 hex digits>xxx…"`.
+/// [`crate::driver::stamped`] reads back: `"T<16 hex digits>ZZZ…"` (the
+/// fill is the generator's pattern, [`FILL`] = `Z`, which the smoke test's
+/// body check knows).
 fn json_line(out: &mut Vec<u8>, size: usize, ts: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let start = out.len();
     out.extend_from_slice(b"\"T");
-    let hex = format!("{ts:016x}");
-    out.extend_from_slice(hex.as_bytes());
+    for shift in (0..16).rev() {
+        let digit = HEX.get(((ts >> (shift * 4)) & 0xf) as usize);
+        out.push(digit.copied().unwrap_or(b'0'));
+    }
     while out.len() - start < size.max(20) - 1 {
-        out.push(b'x');
+        out.push(FILL);
     }
     out.push(b'"');
 }
@@ -126,7 +133,10 @@ struct HttpPub {
 
 #[async_trait::async_trait]
 impl Publisher for HttpPub {
-    async fn run(mut self: Box<Self>, topic: &str, plan: PubPlan) -> Result<u64> {
+    async fn run(mut self: Box<Self>, dest: Dest<'_>, plan: PubPlan) -> Result<PubResult> {
+        let Dest::Topic(topic) = dest else {
+            bail!("the HTTP driver publishes to topics only");
+        };
         let batch = self.batch.max(1);
         let path = if batch > 1 {
             format!("/v1/topics/{topic}?batch=true")
@@ -134,7 +144,7 @@ impl Publisher for HttpPub {
             format!("/v1/topics/{topic}")
         };
         let content_type = (batch > 1).then_some("application/x-ndjson");
-        let mut payload = vec![0x5au8; plan.size];
+        let mut payload = vec![FILL; plan.size];
         let mut body = Vec::with_capacity(batch * (plan.size.max(20) + 1));
         let mut req = Vec::with_capacity(body.capacity() + 256);
         let start = Instant::now();
@@ -165,7 +175,8 @@ impl Publisher for HttpPub {
             }
             sent += n;
         }
-        Ok(sent)
+        // Every request was answered 202: the broker has every message.
+        Ok(PubResult::unconfirmed(sent))
     }
 }
 
@@ -175,13 +186,28 @@ impl Driver for Http {
         "http"
     }
 
-    async fn subscriber(
-        &self,
-        _addr: SocketAddr,
-        _topic: &str,
-        _group: Option<&str>,
-    ) -> Result<Box<dyn Subscriber>> {
+    fn spec(&self) -> String {
+        if self.batch > 1 {
+            format!("http:batch{}", self.batch)
+        } else {
+            "http".into()
+        }
+    }
+
+    fn mode(&self) -> String {
+        if self.batch > 1 {
+            format!("keep-alive, NDJSON batches of {}", self.batch)
+        } else {
+            "keep-alive, one message per request".into()
+        }
+    }
+
+    async fn subscriber(&self, _addr: SocketAddr, _dest: Dest<'_>) -> Result<Box<dyn Subscriber>> {
         bail!("the HTTP driver only publishes; subscribe with another protocol")
+    }
+
+    async fn idle(&self, addr: SocketAddr, from: Option<std::net::IpAddr>) -> Result<Idle> {
+        Ok(Box::new(crate::driver::connect(addr, from).await?))
     }
 
     async fn publisher(&self, addr: SocketAddr) -> Result<Box<dyn Publisher>> {
@@ -212,7 +238,7 @@ pub async fn request_rate(
         .map(|mut c| {
             let path = path.to_owned();
             tokio::spawn(async move {
-                let mut payload = vec![0x5au8; size];
+                let mut payload = vec![FILL; size];
                 let mut req = Vec::with_capacity(size + 256);
                 for _ in 0..per {
                     stamp(&mut payload, now_ns());

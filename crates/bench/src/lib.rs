@@ -12,13 +12,20 @@
 //! Run the micro-benchmarks with `cargo bench -p switchyard-bench`; figures
 //! are in `docs/benchmarks.md`.
 
+pub mod amqp;
 pub mod brokers;
+pub mod compare;
 pub mod driver;
 pub mod http;
+pub mod mqtt;
 pub mod nats;
 pub mod procstat;
 pub mod report;
+pub mod scale;
 pub mod scenario;
+pub mod smoke;
+pub mod stomp;
+pub mod suite;
 
 use bytes::Bytes;
 use switchyard_core::{Broker, CoreConfig, Session, Subscribe};

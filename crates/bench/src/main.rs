@@ -1,20 +1,28 @@
 //! `switchyard-bench`: the load generator.
 //!
-//! * `run`: one scenario against brokers already running.
+//! * `run`: one scenario against a running broker (or one side of it, for
+//!   the two-process generator check).
 //! * `compare`: starts Switchyard (release build) and the peers on free
 //!   ports, runs every scenario against each, alternating, several times,
-//!   and prints medians and ratios (optionally writing a Markdown report).
+//!   and writes medians and ratios to `docs/benchmarks.md`.
 //! * `smoke`: every scenario briefly against Switchyard (CI).
+//! * `scale`: many idle connections and a wide fan-out (outside CI).
+//! * `http-load`: single-message POSTs over keep-alive connections.
+//! * `echo-server` (hidden): the axum endpoint HTTP publish is compared with.
+//!
+//! Drivers (`--driver`, see `switchyard_bench::suite::driver`): `nats`,
+//! `mqtt:qos0|qos1|qos1p`, `amqp:transient|acks|persistent`,
+//! `stomp:auto|acks|persistent`, `http`, `http:batchN` (publish only; the
+//! subscribers of `run` then use `--subscribe-driver`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use switchyard_bench::driver::Driver;
 use switchyard_bench::report::Report;
-use switchyard_bench::scenario::{self, Scenario, Shape, Target};
-use switchyard_bench::{brokers, http, nats};
+use switchyard_bench::scenario::{self, Role, Scenario, Shape, Target};
+use switchyard_bench::{compare, http, scale, smoke, suite};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,26 +44,27 @@ enum Cmd {
         /// Broker PID, for CPU and memory figures.
         #[arg(long)]
         pid: Option<u32>,
-        /// NATS address (host:port).
+        /// The broker's address for the driver's protocol (host:port).
         #[arg(long)]
-        nats: Option<SocketAddr>,
-        /// HTTP address (host:port).
-        #[arg(long)]
-        http: Option<SocketAddr>,
-        /// Protocol of the publishers (and of the subscribers unless
-        /// --subscribe-protocol says otherwise).
+        addr: SocketAddr,
+        /// nats, mqtt:qos0, mqtt:qos1, mqtt:qos1p, amqp:transient, amqp:acks,
+        /// amqp:persistent, stomp:auto, stomp:acks, stomp:persistent, http,
+        /// http:batchN.
         #[arg(long, default_value = "nats")]
-        protocol: String,
+        driver: String,
+        /// The subscribers' driver when it differs (e.g. `--driver http
+        /// --subscribe-driver nats --subscribe-addr ...`).
         #[arg(long)]
-        subscribe_protocol: Option<String>,
-        /// Messages per HTTP request (NDJSON batches when > 1).
-        #[arg(long, default_value_t = 1)]
-        http_batch: usize,
+        subscribe_driver: Option<String>,
+        /// The subscribers' address when --subscribe-driver is given.
+        #[arg(long)]
+        subscribe_addr: Option<SocketAddr>,
         /// pubsub | queue | reqrep
         #[arg(long, default_value = "pubsub")]
         shape: String,
         #[arg(long, default_value_t = 1)]
         publishers: usize,
+        /// Subscribers (pubsub), consumers (queue), requests in flight (reqrep).
         #[arg(long, default_value_t = 1)]
         subscribers: usize,
         #[arg(long, default_value_t = 16)]
@@ -65,32 +74,62 @@ enum Cmd {
         /// Total publish rate (msg/s); default: as fast as possible.
         #[arg(long)]
         rate: Option<f64>,
+        /// Only one side (`pub` or `sub`), printing a JSON line; the `sub`
+        /// side prints READY first. Needs --topic.
+        #[arg(long)]
+        role: Option<String>,
+        /// The topic / queue name (default: a fresh one).
+        #[arg(long)]
+        topic: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Start Switchyard and the peers, run every scenario against each.
+    /// Start Switchyard and the peers, run every scenario against each,
+    /// write docs/benchmarks.md.
     Compare {
         /// The Switchyard binary (a release build).
         #[arg(long, default_value = "target/release/switchyard")]
         switchyard: PathBuf,
-        /// Protocols to compare (nats; http compares against an axum echo
-        /// endpoint).
-        #[arg(long, value_delimiter = ',', default_value = "nats")]
-        protocols: Vec<String>,
+        /// Sections to run.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "nats,mqtt,amqp,stomp,http,cross"
+        )]
+        sections: Vec<String>,
         /// Repetitions of every scenario on every broker (medians are reported).
         #[arg(long, default_value_t = 3)]
         reps: usize,
-        /// Fewer messages per run.
+        /// A tenth of the messages, shorter latency runs (development).
         #[arg(long)]
         quick: bool,
         /// Also print every run as a JSON line.
         #[arg(long)]
         json: bool,
+        /// Write the Markdown report to this file (e.g. docs/benchmarks.md).
+        #[arg(long)]
+        write: Option<PathBuf>,
     },
     /// Every scenario briefly against Switchyard only (CI smoke test).
     Smoke {
         #[arg(long, default_value = "target/debug/switchyard")]
         switchyard: PathBuf,
+    },
+    /// Scale checks against Switchyard: idle MQTT and NATS connections,
+    /// a fan-out to many MQTT subscribers.
+    Scale {
+        #[arg(long, default_value = "target/release/switchyard")]
+        switchyard: PathBuf,
+        #[arg(long, default_value_t = 50_000)]
+        mqtt: usize,
+        #[arg(long, default_value_t = 10_000)]
+        nats: usize,
+        /// Subscribers of the fan-out.
+        #[arg(long, default_value_t = 10_000)]
+        fanout: usize,
+        /// Write the Markdown report to this file.
+        #[arg(long)]
+        write: Option<PathBuf>,
     },
     /// Single-message POSTs over keep-alive connections as fast as they are
     /// answered; prints requests per second.
@@ -107,20 +146,12 @@ enum Cmd {
         size: usize,
     },
     /// The reference for HTTP comparisons: a plain axum endpoint answering
-    /// every POST with its body (started by `compare --protocols http`).
+    /// every POST with its body (started by `compare`'s http section).
     #[command(hide = true)]
     EchoServer {
         #[arg(long)]
         bind: SocketAddr,
     },
-}
-
-fn driver(protocol: &str) -> Result<Box<dyn Driver>> {
-    Ok(match protocol {
-        "nats" => Box::new(nats::Nats),
-        "http" => Box::new(http::Http { batch: 1 }),
-        other => bail!("no driver for {other}"),
-    })
 }
 
 fn shape(name: &str, publishers: usize, subscribers: usize) -> Result<Shape> {
@@ -140,442 +171,68 @@ fn shape(name: &str, publishers: usize, subscribers: usize) -> Result<Shape> {
     })
 }
 
-/// What a scenario must achieve against its peer.
-#[derive(Debug, Clone, Copy)]
-enum Goal {
-    /// Switchyard's delivery rate ≥ this × the peer's.
-    RateRatio(f64),
-    /// Switchyard's p99 ≤ this × the peer's.
-    P99Ratio(f64),
-}
-
-struct Case {
-    scenario: Scenario,
-    goals: Vec<Goal>,
-}
-
-fn nats_suite(scale: u64) -> Vec<Case> {
-    let mut v = Vec::new();
-    let ps = |n: &str, p, s, size, count: u64, goals: Vec<Goal>| Case {
-        scenario: Scenario {
-            name: n.to_owned(),
-            shape: Shape::PubSub {
-                publishers: p,
-                subscribers: s,
-            },
-            size,
-            count,
-            rate: None,
-            publish_protocol: "nats",
-            subscribe_protocol: "nats",
-        },
-        goals,
-    };
-    for size in [16usize, 1024] {
-        let n = if size == 16 { 2_000_000 } else { 500_000 } / scale;
-        v.push(ps("1->1", 1, 1, size, n, vec![Goal::RateRatio(1.0)]));
-        v.push(ps(
-            "1->10 fan-out",
-            1,
-            10,
-            size,
-            n / 5,
-            vec![Goal::RateRatio(1.0)],
-        ));
-        v.push(ps(
-            "10->1 fan-in",
-            10,
-            1,
-            size,
-            n,
-            vec![Goal::RateRatio(1.0)],
-        ));
-    }
-    v.push(Case {
-        scenario: Scenario {
-            name: "request/reply (32 in flight)".into(),
-            shape: Shape::ReqRep { window: 32 },
-            size: 16,
-            count: 200_000 / scale,
-            rate: None,
-            publish_protocol: "nats",
-            subscribe_protocol: "nats",
-        },
-        goals: vec![],
-    });
-    for size in [16usize, 1024] {
-        v.push(Case {
-            scenario: Scenario {
-                name: "latency @2000/s".into(),
-                shape: Shape::PubSub {
-                    publishers: 1,
-                    subscribers: 1,
-                },
-                size,
-                count: 20_000 / scale.min(4),
-                rate: Some(2000.0),
-                publish_protocol: "nats",
-                subscribe_protocol: "nats",
-            },
-            goals: vec![Goal::P99Ratio(1.2)],
-        });
-    }
-    v
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v.get(n / 2).copied().unwrap_or(0.0),
-        n => {
-            (v.get(n / 2 - 1).copied().unwrap_or(0.0) + v.get(n / 2).copied().unwrap_or(0.0)) / 2.0
-        }
-    }
-}
-
-struct Summary {
-    rate: f64,
-    p50: Option<f64>,
-    p99: Option<f64>,
-    cpu_per_m: f64,
-    gen_cpu: f64,
-    complete: bool,
-}
-
-fn summarize(runs: &[Report]) -> Summary {
-    let lat = |f: fn(&switchyard_bench::report::Latency) -> f64| {
-        let v: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.latency_us.as_ref().map(f))
-            .collect();
-        (!v.is_empty()).then(|| median(v))
-    };
-    Summary {
-        rate: median(runs.iter().map(|r| r.rate).collect()),
-        p50: lat(|l| l.p50),
-        p99: lat(|l| l.p99),
-        cpu_per_m: median(runs.iter().map(|r| r.broker_cpu_s_per_million).collect()),
-        gen_cpu: median(runs.iter().map(|r| r.generator_cpu_s).collect()),
-        complete: runs.iter().all(|r| r.delivered >= r.expected),
-    }
-}
-
-async fn compare(
-    bin: PathBuf,
-    protocols: Vec<String>,
-    reps: usize,
-    quick: bool,
-    json: bool,
-) -> Result<()> {
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release -p switchyard",
-            bin.display()
-        );
-    }
-    let scale = if quick { 10 } else { 1 };
-    let sy = brokers::start_switchyard(&bin).await?;
-    println!("{}", Report::table_header());
-    for protocol in &protocols {
-        if protocol == "http" {
-            http_compare(&sy, reps, scale, json).await?;
-            continue;
-        }
-        let (peer, suite) = match protocol.as_str() {
-            "nats" => (brokers::start_nats_server().await?, nats_suite(scale)),
-            other => bail!("no comparison suite for {other}"),
-        };
-        let d = driver(protocol)?;
-        println!("\n## {protocol}: switchyard vs {}\n", peer.target.name);
-        let mut table = Vec::new();
-        for case in &suite {
-            let mut mine = Vec::new();
-            let mut theirs = Vec::new();
-            for rep in 0..reps {
-                // Alternate who goes first.
-                let order: [&Target; 2] = if rep % 2 == 0 {
-                    [&sy.target, &peer.target]
-                } else {
-                    [&peer.target, &sy.target]
-                };
-                for t in order {
-                    let r = scenario::run(&case.scenario, t, d.as_ref(), d.as_ref())
-                        .await
-                        .with_context(|| format!("{} on {}", case.scenario.name, t.name))?;
-                    println!("{}", r.table_row());
-                    if json {
-                        println!("{}", serde_json::to_string(&r)?);
-                    }
-                    if t.name == "switchyard" {
-                        mine.push(r);
-                    } else {
-                        theirs.push(r);
-                    }
-                }
-            }
-            table.push((case, summarize(&mine), summarize(&theirs)));
-        }
-        println!("\nmedians of {reps} runs:");
-        println!(
-            "| scenario | size | switchyard msg/s | {peer} msg/s | ratio | switchyard p50/p99 µs | {peer} p50/p99 µs | cpu-s/M (sy / {peer}) | gen cpu-s | goal |",
-            peer = peer.target.name
-        );
-        println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-        for (case, a, b) in &table {
-            let ratio = if b.rate > 0.0 { a.rate / b.rate } else { 0.0 };
-            let fmt_lat = |s: &Summary| match (s.p50, s.p99) {
-                (Some(x), Some(y)) => format!("{x:.0} / {y:.0}"),
-                _ => "-".into(),
-            };
-            let goals: Vec<String> = case
-                .goals
-                .iter()
-                .map(|g| match *g {
-                    Goal::RateRatio(x) => {
-                        format!("rate ≥ {x}× {}", if ratio >= x { "met" } else { "NOT met" })
-                    }
-                    Goal::P99Ratio(x) => match (a.p99, b.p99) {
-                        (Some(p), Some(q)) => {
-                            format!("p99 ≤ {x}× {}", if p <= x * q { "met" } else { "NOT met" })
-                        }
-                        _ => "p99: no data".into(),
-                    },
-                })
-                .collect();
-            println!(
-                "| {}{} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {} |",
-                case.scenario.name,
-                if a.complete && b.complete {
-                    ""
-                } else {
-                    " (incomplete)"
-                },
-                case.scenario.size,
-                a.rate,
-                b.rate,
-                ratio,
-                fmt_lat(a),
-                fmt_lat(b),
-                a.cpu_per_m,
-                b.cpu_per_m,
-                a.gen_cpu,
-                b.gen_cpu,
-                goals.join("; ")
-            );
-        }
-    }
-    Ok(())
-}
-
-/// HTTP publish (single and batch, keep-alive connections) → a NATS
-/// subscriber, against the request rate of a plain axum echo endpoint on
-/// the same machine (goal: single publish ≥ 0.7× the echo rate).
-async fn http_compare(sy: &brokers::BrokerProc, reps: usize, scale: u64, json: bool) -> Result<()> {
-    const CONNECTIONS: usize = 4;
-    const BATCH: usize = 100;
-    let echo = brokers::start_echo().await?;
-    let echo_addr = echo.target.addr("http")?;
-    let sy_addr = sy.target.addr("http")?;
-    let single_n = 200_000 / scale;
-    let scenario = |name: &str, count: u64| Scenario {
-        name: name.to_owned(),
-        shape: Shape::PubSub {
-            publishers: CONNECTIONS,
-            subscribers: 1,
-        },
-        size: 16,
-        count,
-        rate: None,
-        publish_protocol: "http",
-        subscribe_protocol: "nats",
-    };
-    let single = scenario("http single -> nats", single_n);
-    let batch = scenario("http batch -> nats", 20 * single_n);
-    let single_driver = http::Http { batch: 1 };
-    let batch_driver = http::Http { batch: BATCH };
-    println!(
-        "\n## http: switchyard vs axum echo ({CONNECTIONS} keep-alive connections, 16-byte bodies)\n"
-    );
-    // (rate, server CPU µs per message) of every run.
-    let (mut echo_runs, mut raw_runs, mut singles, mut batches) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let cpu = |pid: Option<u32>| {
-        pid.and_then(switchyard_bench::procstat::cpu_time)
-            .unwrap_or_default()
-    };
-    let measured = |target: &Target, addr, path: &'static str| {
-        let pid = target.pid;
-        async move {
-            let c0 = cpu(pid);
-            let rate = http::request_rate(addr, path, CONNECTIONS, single_n, 16).await?;
-            let us = cpu(pid).saturating_sub(c0).as_secs_f64() * 1e6 / single_n as f64;
-            Ok::<(f64, f64), anyhow::Error>((rate, us))
-        }
-    };
-    for rep in 0..reps {
-        let echo_first = rep % 2 == 1;
-        if echo_first {
-            echo_runs.push(measured(&echo.target, echo_addr, "/v1/topics/echo").await?);
-        }
-        let r = scenario::run(&single, &sy.target, &single_driver, &nats::Nats).await?;
-        println!("{}", r.table_row());
-        if json {
-            println!("{}", serde_json::to_string(&r)?);
-        }
-        singles.push((r.rate, r.broker_cpu_s_per_million));
-        raw_runs.push(measured(&sy.target, sy_addr, "/v1/topics/bench.nobody").await?);
-        if !echo_first {
-            echo_runs.push(measured(&echo.target, echo_addr, "/v1/topics/echo").await?);
-        }
-        let r = scenario::run(&batch, &sy.target, &batch_driver, &nats::Nats).await?;
-        println!("{}", r.table_row());
-        if json {
-            println!("{}", serde_json::to_string(&r)?);
-        }
-        batches.push((r.rate, r.broker_cpu_s_per_million));
-    }
-    let med = |v: &[(f64, f64)]| {
-        (
-            median(v.iter().map(|x| x.0).collect()),
-            median(v.iter().map(|x| x.1).collect()),
-        )
-    };
-    let (echo_rate, echo_cpu) = med(&echo_runs);
-    let (single, single_cpu) = med(&singles);
-    let (raw, raw_cpu) = med(&raw_runs);
-    let (batch, batch_cpu) = med(&batches);
-    println!("\nmedians of {reps} runs:");
-    println!("| what | msg/s (req/s) | × echo | server CPU µs/msg | goal |");
-    println!("| --- | ---: | ---: | ---: | --- |");
-    println!(
-        "| axum echo endpoint (POST → 202 + body) | {echo_rate:.0} | 1.00 | {echo_cpu:.1} | |"
-    );
-    let ratio = |x: f64| if echo_rate > 0.0 { x / echo_rate } else { 0.0 };
-    let goal = |x: f64| {
-        if ratio(x) >= 0.7 {
-            "≥ 0.7× met"
-        } else {
-            "≥ 0.7× NOT met"
-        }
-    };
-    println!(
-        "| switchyard single publish, no subscriber | {raw:.0} | {:.2} | {raw_cpu:.1} | {} |",
-        ratio(raw),
-        goal(raw)
-    );
-    println!(
-        "| switchyard single publish → NATS subscriber | {single:.0} | {:.2} | {single_cpu:.1} | {} |",
-        ratio(single),
-        goal(single)
-    );
-    println!(
-        "| switchyard batch publish ({BATCH}/request) → NATS subscriber | {batch:.0} | {:.2} | {batch_cpu:.2} | |",
-        ratio(batch)
-    );
-    Ok(())
-}
-
-async fn smoke(bin: PathBuf) -> Result<()> {
-    let sy = brokers::start_switchyard(&bin).await?;
-    println!("{}", Report::table_header());
-    let protocols: Vec<&str> = sy
-        .target
-        .addrs
-        .keys()
-        .copied()
-        .filter(|p| *p != "http")
-        .collect();
-    if sy.target.addrs.contains_key("http") && sy.target.addrs.contains_key("nats") {
-        for batch in [1, 50] {
-            let s = Scenario {
-                name: format!("http batch {batch} -> nats"),
-                shape: Shape::PubSub {
-                    publishers: 2,
-                    subscribers: 1,
-                },
-                size: 16,
-                count: 2_000,
-                rate: None,
-                publish_protocol: "http",
-                subscribe_protocol: "nats",
-            };
-            let r = scenario::run(&s, &sy.target, &http::Http { batch }, &nats::Nats).await?;
-            println!("{}", r.table_row());
-            if r.delivered < r.expected {
-                bail!("{}: {} of {} delivered", s.name, r.delivered, r.expected);
-            }
-        }
-    }
-    for p in protocols {
-        let d = match driver(p) {
-            Ok(d) => d,
-            Err(_) => continue,
-        };
-        let suite = match p {
-            "nats" => nats_suite(1000),
-            _ => continue,
-        };
-        for case in suite {
-            let r = scenario::run(&case.scenario, &sy.target, d.as_ref(), d.as_ref()).await?;
-            println!("{}", r.table_row());
-            if r.delivered < r.expected {
-                bail!(
-                    "{} on {p}: {} of {} delivered",
-                    case.scenario.name,
-                    r.delivered,
-                    r.expected
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Run {
             broker,
             pid,
-            nats,
-            http: http_addr,
-            protocol,
-            subscribe_protocol,
-            http_batch,
+            addr,
+            driver,
+            subscribe_driver,
+            subscribe_addr,
             shape: shape_name,
             publishers,
             subscribers,
             size,
             count,
             rate,
+            role,
+            topic,
             json,
         } => {
-            let mut addrs = HashMap::new();
-            if let Some(a) = nats {
-                addrs.insert("nats", a);
-            }
-            if let Some(a) = http_addr {
-                addrs.insert("http", a);
-            }
-            let target = Target {
-                name: broker,
-                pid,
-                addrs,
+            let d = suite::driver(&driver)?;
+            let sd = match &subscribe_driver {
+                Some(spec) => suite::driver(spec)?,
+                None => d.clone(),
             };
-            let d: Box<dyn Driver> = match protocol.as_str() {
-                "http" => Box::new(http::Http { batch: http_batch }),
-                p => driver(p)?,
-            };
-            let sd = driver(subscribe_protocol.as_deref().unwrap_or(&protocol))?;
+            let proto: &'static str = d.protocol();
             let s = Scenario {
                 name: shape_name.clone(),
                 shape: shape(&shape_name, publishers, subscribers)?,
                 size,
                 count,
                 rate,
-                publish_protocol: d.protocol(),
+                publish_protocol: proto,
                 subscribe_protocol: sd.protocol(),
+            };
+            if let Some(role) = role {
+                let role = match role.as_str() {
+                    "pub" => Role::Pub,
+                    "sub" => Role::Sub,
+                    other => bail!("unknown role {other} (pub, sub)"),
+                };
+                let Some(topic) = topic else {
+                    bail!("--role needs --topic");
+                };
+                let r = scenario::run_part(&s, addr, d, &topic, role).await?;
+                println!("{}", serde_json::to_string(&r)?);
+                return Ok(());
+            }
+            let mut addrs = HashMap::from([(proto, addr)]);
+            if sd.protocol() != proto {
+                let Some(sa) = subscribe_addr else {
+                    bail!(
+                        "--subscribe-driver {} needs --subscribe-addr",
+                        sd.protocol()
+                    );
+                };
+                addrs.insert(sd.protocol(), sa);
+            }
+            let target = Target {
+                name: broker,
+                pid,
+                addrs,
             };
             let r = scenario::run(&s, &target, d.as_ref(), sd.as_ref()).await?;
             if json {
@@ -587,12 +244,35 @@ async fn main() -> Result<()> {
         }
         Cmd::Compare {
             switchyard,
-            protocols,
+            sections,
             reps,
             quick,
             json,
-        } => compare(switchyard, protocols, reps, quick, json).await,
-        Cmd::Smoke { switchyard } => smoke(switchyard).await,
+            write,
+        } => {
+            let command = std::env::var("SWITCHYARD_BENCH_COMMAND")
+                .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" "));
+            let doc = compare::compare(&compare::Options {
+                switchyard,
+                sections,
+                reps,
+                quick,
+                json,
+                write,
+                command,
+            })
+            .await?;
+            println!("\n{doc}");
+            Ok(())
+        }
+        Cmd::Smoke { switchyard } => smoke::smoke_binary(&switchyard).await,
+        Cmd::Scale {
+            switchyard,
+            mqtt,
+            nats,
+            fanout,
+            write,
+        } => scale::scale(&switchyard, mqtt, nats, fanout, write.as_deref()).await,
         Cmd::HttpLoad {
             addr,
             path,

@@ -1,15 +1,15 @@
 //! The lean NATS driver.
 
 use crate::driver::{
-    Driver, PubPlan, Publisher, Quota, SubResult, Subscriber, histogram, now_ns, record, stamp,
-    stamped,
+    Deliveries, Dest, Driver, FILL, Idle, Pace, PubPlan, PubResult, Publisher, Quota, SubResult,
+    Subscriber, connect, histogram, now_ns, observe, receive, record, stamp, stamped,
 };
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bytes::{Buf, BytesMut};
-use std::net::SocketAddr;
+use hdrhistogram::Histogram;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 const BATCH: usize = 64 * 1024;
@@ -25,16 +25,12 @@ struct Conn {
 }
 
 impl Conn {
-    async fn connect(addr: SocketAddr) -> Result<Conn> {
-        let s = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connect {addr}"))?;
-        s.set_nodelay(true)?;
-        let (rd, wr) = s.into_split();
+    async fn connect(addr: SocketAddr, from: Option<IpAddr>) -> Result<Conn> {
+        let (rd, wr) = connect(addr, from).await?.into_split();
         let mut c = Conn {
             rd,
             wr,
-            buf: BytesMut::with_capacity(256 * 1024),
+            buf: BytesMut::with_capacity(if from.is_some() { 4096 } else { 64 * 1024 }),
         };
         c.line().await?; // INFO
         c.wr.write_all(
@@ -113,16 +109,24 @@ fn frame(buf: &[u8], want_reply: bool) -> Option<Frame> {
     let line = buf.get(..nl)?;
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.starts_with(b"MSG ") {
-        let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
-        let _ = parts.next();
-        let args: Vec<&[u8]> = parts.collect();
-        let size: usize = std::str::from_utf8(args.last()?).ok()?.parse().ok()?;
+        // MSG <subject> <sid> [reply] <size>: the size is the last word.
+        let sp = memchr::memrchr(b' ', line)?;
+        let size: usize = std::str::from_utf8(line.get(sp + 1..)?)
+            .ok()?
+            .parse()
+            .ok()?;
         let start = nl + 1;
         if buf.len() < start + size + 2 {
             return None;
         }
-        let reply = if want_reply && args.len() == 4 {
-            args.get(2).map(|r| String::from_utf8_lossy(r).into_owned())
+        let reply = if want_reply {
+            let args: Vec<&[u8]> = line
+                .split(|&b| b == b' ')
+                .filter(|p| !p.is_empty())
+                .collect();
+            (args.len() == 5)
+                .then(|| args.get(3).map(|r| String::from_utf8_lossy(r).into_owned()))
+                .flatten()
         } else {
             None
         };
@@ -145,65 +149,58 @@ struct NatsSub {
     conn: Conn,
 }
 
+/// Counts `MSG` frames, answers `PING`.
+struct NatsParser;
+
+impl Deliveries for NatsParser {
+    fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        out: &mut Vec<u8>,
+        latency: &mut Histogram<u64>,
+    ) -> Result<u64> {
+        let mut n = 0;
+        while let Some(f) = frame(buf, false) {
+            match f {
+                Frame::Msg {
+                    start,
+                    len,
+                    consumed,
+                    ..
+                } => {
+                    observe(
+                        latency,
+                        buf.get(start..start + len).unwrap_or_default(),
+                        true,
+                    );
+                    n += 1;
+                    buf.advance(consumed);
+                }
+                Frame::Ping { consumed } => {
+                    buf.advance(consumed);
+                    out.extend_from_slice(b"PONG\r\n");
+                }
+                Frame::Other { consumed } => buf.advance(consumed),
+                Frame::Err(e) => bail!("server error: {e}"),
+            }
+        }
+        Ok(n)
+    }
+}
+
 #[async_trait::async_trait]
 impl Subscriber for NatsSub {
     async fn run(mut self: Box<Self>, quota: Quota, deadline: Instant) -> Result<SubResult> {
-        let mut latency = histogram();
-        let mut received = 0u64;
-        let mut last_ns = 0;
         let c = &mut self.conn;
-        loop {
-            let before = received;
-            while let Some(f) = frame(&c.buf, false) {
-                match f {
-                    Frame::Msg {
-                        start,
-                        len,
-                        consumed,
-                        ..
-                    } => {
-                        if let Some(ts) = c.buf.get(start..start + len).and_then(stamped) {
-                            record(&mut latency, ts);
-                        }
-                        received += 1;
-                        c.buf.advance(consumed);
-                    }
-                    Frame::Ping { consumed } => {
-                        c.buf.advance(consumed);
-                        c.wr.write_all(b"PONG\r\n").await?;
-                    }
-                    Frame::Other { consumed } => c.buf.advance(consumed),
-                    Frame::Err(e) => bail!("server error: {e}"),
-                }
-            }
-            if received > before {
-                last_ns = now_ns();
-                if quota.add(received, received - before) {
-                    break;
-                }
-            } else if quota.met(received) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-            if c.buf.capacity() - c.buf.len() < 64 * 1024 {
-                c.buf.reserve(256 * 1024);
-            }
-            let wait = deadline
-                .saturating_duration_since(Instant::now())
-                .min(quota.poll());
-            match tokio::time::timeout(wait, c.rd.read_buf(&mut c.buf)).await {
-                Ok(Ok(0)) => bail!("subscriber connection closed after {received} messages"),
-                Ok(Ok(_)) | Err(_) => {}
-                Ok(Err(e)) => return Err(e.into()),
-            }
-        }
-        Ok(SubResult {
-            received,
-            last_ns,
-            latency,
-        })
+        receive(
+            &mut c.rd,
+            &mut c.wr,
+            &mut c.buf,
+            &mut NatsParser,
+            quota,
+            deadline,
+        )
+        .await
     }
 }
 
@@ -213,62 +210,50 @@ struct NatsPub {
 
 #[async_trait::async_trait]
 impl Publisher for NatsPub {
-    async fn run(mut self: Box<Self>, topic: &str, plan: PubPlan) -> Result<u64> {
-        let mut payload = vec![0x5au8; plan.size];
+    async fn run(mut self: Box<Self>, dest: Dest<'_>, plan: PubPlan) -> Result<PubResult> {
+        let topic = dest.name();
+        let mut payload = vec![FILL; plan.size];
         let mut out = Vec::with_capacity(BATCH + plan.size + 64);
         let mut sent = 0u64;
-        match plan.rate {
-            None => {
-                while sent < plan.count {
-                    out.clear();
-                    let ts = now_ns();
-                    stamp(&mut payload, ts);
-                    while out.len() < BATCH && sent < plan.count {
-                        pub_line(&mut out, topic, None, &payload);
-                        sent += 1;
-                    }
-                    self.conn.wr.write_all(&out).await?;
-                }
+        let mut pace = Pace::new(plan.rate);
+        let batch = (BATCH / (plan.size + 32)).max(1) as u64;
+        while sent < plan.count {
+            let due = pace.due(sent, batch, plan.count).await;
+            out.clear();
+            if !pace.limited() {
+                stamp(&mut payload, now_ns());
             }
-            Some(rate) => {
-                let start = Instant::now();
-                let mut tick = tokio::time::interval(Duration::from_millis(1));
-                while sent < plan.count {
-                    tick.tick().await;
-                    let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(plan.count);
-                    out.clear();
-                    while sent < due {
-                        stamp(&mut payload, now_ns());
-                        pub_line(&mut out, topic, None, &payload);
-                        sent += 1;
-                    }
-                    if !out.is_empty() {
-                        self.conn.wr.write_all(&out).await?;
-                    }
+            while sent < due {
+                if pace.limited() {
+                    stamp(&mut payload, now_ns());
                 }
+                pub_line(&mut out, topic, None, &payload);
+                sent += 1;
+            }
+            if !out.is_empty() {
+                self.conn.wr.write_all(&out).await?;
             }
         }
         self.conn.sync().await?;
-        Ok(sent)
+        Ok(PubResult::unconfirmed(sent))
     }
 }
 
 #[async_trait::async_trait]
 impl Driver for Nats {
+    fn spec(&self) -> String {
+        "nats".into()
+    }
+
     fn protocol(&self) -> &'static str {
         "nats"
     }
 
-    async fn subscriber(
-        &self,
-        addr: SocketAddr,
-        topic: &str,
-        group: Option<&str>,
-    ) -> Result<Box<dyn Subscriber>> {
-        let mut conn = Conn::connect(addr).await?;
-        let line = match group {
-            Some(g) => format!("SUB {topic} {g} 1\r\n"),
-            None => format!("SUB {topic} 1\r\n"),
+    async fn subscriber(&self, addr: SocketAddr, dest: Dest<'_>) -> Result<Box<dyn Subscriber>> {
+        let mut conn = Conn::connect(addr, None).await?;
+        let line = match dest {
+            Dest::Queue(t) => format!("SUB {t} benchgroup 1\r\n"),
+            Dest::Topic(t) => format!("SUB {t} 1\r\n"),
         };
         conn.wr.write_all(line.as_bytes()).await?;
         conn.sync().await?;
@@ -276,9 +261,16 @@ impl Driver for Nats {
     }
 
     async fn publisher(&self, addr: SocketAddr) -> Result<Box<dyn Publisher>> {
-        let mut conn = Conn::connect(addr).await?;
+        let mut conn = Conn::connect(addr, None).await?;
         conn.sync().await?;
         Ok(Box::new(NatsPub { conn }))
+    }
+
+    async fn idle(&self, addr: SocketAddr, from: Option<IpAddr>) -> Result<Idle> {
+        let mut conn = Conn::connect(addr, from).await?;
+        conn.sync().await?;
+        conn.buf = BytesMut::new();
+        Ok(Box::new(conn))
     }
 
     async fn responder(
@@ -286,7 +278,7 @@ impl Driver for Nats {
         addr: SocketAddr,
         topic: &str,
     ) -> Result<tokio::task::JoinHandle<()>> {
-        let mut c = Conn::connect(addr).await?;
+        let mut c = Conn::connect(addr, None).await?;
         c.wr.write_all(format!("SUB {topic} 1\r\n").as_bytes())
             .await?;
         c.sync().await?;
@@ -334,12 +326,12 @@ impl Driver for Nats {
         plan: PubPlan,
         window: usize,
     ) -> Result<SubResult> {
-        let mut c = Conn::connect(addr).await?;
+        let mut c = Conn::connect(addr, None).await?;
         let inbox = format!("_INBOX.bench.{}", now_ns());
         c.wr.write_all(format!("SUB {inbox} 1\r\n").as_bytes())
             .await?;
         c.sync().await?;
-        let mut payload = vec![0x5au8; plan.size.max(8)];
+        let mut payload = vec![FILL; plan.size.max(8)];
         let mut latency = histogram();
         let mut out = Vec::with_capacity(BATCH);
         let mut sent = 0u64;

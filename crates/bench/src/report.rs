@@ -50,7 +50,10 @@ pub struct Report {
     pub seconds: f64,
     /// Deliveries per second over all subscribers.
     pub rate: f64,
+    /// Publish → subscriber latency.
     pub latency_us: Option<Latency>,
+    /// Publish → confirmation (PUBACK, publisher confirm, RECEIPT) latency.
+    pub confirm_us: Option<Latency>,
     /// Broker CPU seconds during the run.
     pub broker_cpu_s: f64,
     /// Broker CPU seconds per million deliveries.
@@ -58,6 +61,21 @@ pub struct Report {
     /// Load generator CPU seconds during the run.
     pub generator_cpu_s: f64,
     pub broker_rss_kib: Option<u64>,
+    /// The subscribing driver's mode (QoS, acks, persistence).
+    pub mode: String,
+    /// The store's figures during the run (Switchyard's `/metrics`).
+    pub store: Option<StoreFigures>,
+}
+
+/// What the durable store did during a run.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct StoreFigures {
+    pub fsyncs: u64,
+    pub fsyncs_per_s: f64,
+    pub batches: u64,
+    pub records: u64,
+    /// Records appended per write batch.
+    pub records_per_batch: f64,
 }
 
 impl Report {
