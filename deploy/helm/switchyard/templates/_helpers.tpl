@@ -138,6 +138,27 @@ arrays, maps as inline tables.
 {{- end -}}
 {{- end -}}
 
+{{/*
+[limits] memory_high_watermark from the container's memory limit: the
+broker's own default (40% of the machine's memory, read from /proc/meminfo)
+does not see a cgroup limit, so in a pod flow control would start only
+after the OOM killer. "" when there is no limit or the percentage is 0.
+*/}}
+{{- define "switchyard.memoryWatermark" -}}
+{{- $pct := int (default 0 .Values.config.memoryHighWatermarkPercent) -}}
+{{- $limit := "" -}}
+{{- with .Values.resources -}}{{- with .limits -}}{{- with .memory -}}{{- $limit = toString . -}}{{- end -}}{{- end -}}{{- end -}}
+{{- if and (gt $pct 0) $limit -}}
+{{- if not (regexMatch "^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$" $limit) -}}
+{{- fail (printf "resources.limits.memory %q: use an integer with Ki, Mi, Gi, Ti, k, M, G or T (or set config.memoryHighWatermarkPercent: 0)" $limit) -}}
+{{- end -}}
+{{- $n := atoi (regexFind "^[0-9]+" $limit) -}}
+{{- $unit := trimPrefix (toString $n) $limit -}}
+{{- $mult := get (dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776) $unit -}}
+{{- printf "%d" (div (mul $n $mult $pct) 100) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Checks that fail the render with a clear message. */}}
 {{- define "switchyard.validate" -}}
 {{- if not .Values.listeners.http.enabled -}}
@@ -180,10 +201,15 @@ enabled = {{ $v.config.journal.enabled }}
 fsync = {{ toJson $v.config.journal.fsync }}
 segment_size = {{ toJson $v.config.journal.segmentSize }}
 max_batch_delay = {{ toJson $v.config.journal.maxBatchDelay }}
-{{- if $v.config.limits }}
+{{- $limits := deepCopy (default dict $v.config.limits) }}
+{{- $watermark := include "switchyard.memoryWatermark" . }}
+{{- if and $watermark (not (hasKey $limits "memory_high_watermark")) }}
+{{- $_ := set $limits "memory_high_watermark" $watermark }}
+{{- end }}
+{{- if $limits }}
 
 [limits]
-{{- include "switchyard.toml.pairs" $v.config.limits }}
+{{- include "switchyard.toml.pairs" $limits }}
 {{- end }}
 {{- range $name := list "mqtt" "amqp" "stomp" "nats" "http" }}
 {{- $l := index $v.listeners $name }}
