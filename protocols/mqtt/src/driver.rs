@@ -417,7 +417,8 @@ async fn open(
     let queue_name = Str::from(format!("{SESSION_QUEUE_PREFIX}{client_id}"));
     // Session state outlives the process only with a journal; without one
     // nothing is written (the parked state in memory is all there is).
-    let journal = broker.journal_stats().is_some();
+    // Asked only when a persistent session is in play.
+    let journal = || broker.journal_stats().is_some();
     let parked = claim
         .take_parked()
         .and_then(|p| p.downcast::<SessionState>().ok());
@@ -434,7 +435,7 @@ async fn open(
                     publish_will(&broker, w);
                 }
                 let _ = broker.delete_queue(&taken.queue, false, false, None);
-                if journal {
+                if journal() {
                     forget(&broker, &client_id);
                 }
             } else {
@@ -443,8 +444,7 @@ async fn open(
         }
     } else if connect.clean_start {
         // A session left by an earlier run of the broker (durable queue).
-        let _ = broker.delete_queue(&queue_name, false, false, None);
-        if journal {
+        if broker.delete_queue(&queue_name, false, false, None).is_ok() && journal() {
             forget(&broker, &client_id);
         }
     }
@@ -584,7 +584,7 @@ async fn open(
         client_max_packet,
         last_topic: None,
         acks: VecDeque::new(),
-        journaled: journal && persistent,
+        journaled: persistent && journal(),
     });
     if c.journaled {
         c.save_session();

@@ -161,8 +161,9 @@ pub struct SubEntry {
 /// Incoming QoS 2 identifiers between PUBLISH and PUBREL.
 pub type Qos2Ids = HashSet<u16, Hasher>;
 
-/// What a persistent session keeps between connections (in memory; the
-/// queue itself is the core's).
+/// What a persistent session keeps between connections (in memory, and,
+/// with a journal, in the state store as a [`SessionRecord`] plus QoS 2
+/// entries, see [`crate::persist`]; the queue itself is the core's).
 #[derive(Debug, Default)]
 pub struct Parked {
     /// A later connection took this session over.
