@@ -79,4 +79,11 @@ pub trait ProtocolAdapter: Send + Sync + 'static {
 
     /// Serves one connection until it closes.
     async fn serve(&self, conn: Connection, broker: Broker) -> Result<(), AdapterError>;
+
+    /// Called once per protocol, inside the runtime, after the journal has
+    /// been recovered and before any listener of the protocol accepts a
+    /// connection: the adapter brings back what it kept with
+    /// [`Broker::save_state`] (sessions, timers). Without a journal it is
+    /// called too, on an empty state store. Default: nothing.
+    fn recovered(&self, _broker: &Broker) {}
 }

@@ -229,6 +229,19 @@ impl Server {
             );
         }
         *ctx.recovery.lock() = Some(report);
+        // Each protocol restores its saved state once (whichever of its
+        // listeners comes first), before its listeners accept connections.
+        let mut recovered: Vec<&'static str> = Vec::new();
+        let adapters = streams
+            .iter()
+            .map(|(_, protocol, adapter, _)| (*protocol, adapter))
+            .chain(ws_routes.iter().map(|w| (w.protocol, &w.adapter)));
+        for (protocol, adapter) in adapters {
+            if !recovered.contains(&protocol) {
+                recovered.push(protocol);
+                adapter.recovered(&broker);
+            }
+        }
         for api in http_apis {
             api.open();
         }

@@ -18,9 +18,10 @@ use crate::codec::{
 };
 use crate::config::MqttConfig;
 use crate::mapping::{self, Alias, Outgoing};
+use crate::persist::{self, Dir, QOS2_SCOPE, Qos2Entry, SESSION_SCOPE, SessionRecord, StoredWill};
 use crate::session::{
     InFlight, InboundAliases, OutState, Outbound, OutboundAliases, Parked, Qos2Ids, SessionState,
-    SubEntry,
+    SubEntry, stored_subs,
 };
 use crate::topic::{self, TopicError};
 use bytes::BytesMut;
@@ -33,8 +34,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use switchyard_core::spi::{AdapterError, Connection, Stream};
 use switchyard_core::{
-    Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, QueueOptions, Session,
-    SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind,
+    Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, ParkTicket, QueueOptions,
+    Session, SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind,
 };
 use switchyard_model::{ConnId, ConsumerId, Headers, Message, Origin, Str, now_millis};
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -270,6 +271,9 @@ struct Conn {
     /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
     /// is told a QoS 1/2 message is safe only once it is on disk.
     acks: VecDeque<PendingAck>,
+    /// A persistent session on a broker with a journal: its state is
+    /// written to the state store (see [`crate::persist`]).
+    journaled: bool,
 }
 
 /// Serves one connection from its first byte to its end.
@@ -411,6 +415,10 @@ async fn open(
         tracing::warn!("the connection taken over did not leave within 10s");
     }
     let queue_name = Str::from(format!("{SESSION_QUEUE_PREFIX}{client_id}"));
+    // Session state outlives the process only with a journal; without one
+    // nothing is written (the parked state in memory is all there is).
+    // Asked only when a persistent session is in play.
+    let journal = || broker.journal_stats().is_some();
     let parked = claim
         .take_parked()
         .and_then(|p| p.downcast::<SessionState>().ok());
@@ -427,13 +435,18 @@ async fn open(
                     publish_will(&broker, w);
                 }
                 let _ = broker.delete_queue(&taken.queue, false, false, None);
+                if journal() {
+                    forget(&broker, &client_id);
+                }
             } else {
                 resumed = Some(taken);
             }
         }
     } else if connect.clean_start {
         // A session left by an earlier run of the broker (durable queue).
-        let _ = broker.delete_queue(&queue_name, false, false, None);
+        if broker.delete_queue(&queue_name, false, false, None).is_ok() && journal() {
+            forget(&broker, &client_id);
+        }
     }
 
     let mut sub: Option<Box<Subscriber>> = None;
@@ -504,29 +517,10 @@ async fn open(
             s.out.reuse.extend(p.reuse);
             pubrel = p.pubrel;
         } else if existed && !connect.clean_start {
-            // Only the queue survived (a broker restart): its bindings are
-            // the subscriptions; their options were in memory and are gone.
+            // Only the queue survived (no usable saved state): its
+            // bindings are the subscriptions, with default options.
             session_present = true;
-            for (exchange, key) in broker.queue_bindings(&queue_name) {
-                if &*exchange != "amq.topic" {
-                    continue;
-                }
-                if let Ok(filter) = switchyard_model::AddressFilter::new(&key) {
-                    s.subs.insert(
-                        topic::address_to_topic(&key).into_boxed_str(),
-                        SubEntry {
-                            filter,
-                            options: SubOptions {
-                                qos: QoS::ExactlyOnce,
-                                ..SubOptions::default()
-                            },
-                            id: None,
-                            shared: false,
-                            consumer: None,
-                        },
-                    );
-                }
-            }
+            s.subs.extend(subs_from_bindings(&broker, &queue_name));
         }
     }
 
@@ -590,7 +584,11 @@ async fn open(
         client_max_packet,
         last_topic: None,
         acks: VecDeque::new(),
+        journaled: persistent && journal(),
     });
+    if c.journaled {
+        c.save_session();
+    }
     // [MQTT-4.4.0-1]: PUBRELs of the resumed session go out again.
     for id in pubrel {
         let Some(s) = c.sub.as_deref_mut() else {
@@ -671,7 +669,7 @@ fn generated_client_id(conn: ConnId) -> String {
 }
 
 /// Publishes a will (and retains it when it asks to be).
-fn publish_will(broker: &Broker, msg: Message) {
+pub(crate) fn publish_will(broker: &Broker, msg: Message) {
     if mapping::published_retained(&msg)
         && let Ok(addr) = switchyard_model::Address::new(&msg.address)
     {
@@ -683,7 +681,159 @@ fn publish_will(broker: &Broker, msg: Message) {
     }
 }
 
+/// Writes (`Some`) or removes (`None`) the state of one QoS 2 packet
+/// identifier of `client`.
+pub(crate) fn save_qos2(broker: &Broker, client: &str, dir: Dir, id: u16, e: Option<Qos2Entry>) {
+    let key = persist::qos2_key(client, dir, id);
+    match e {
+        Some(e) => broker.save_state(QOS2_SCOPE, &key, &persist::encode_qos2(e)),
+        None => broker.delete_state(QOS2_SCOPE, &key),
+    }
+}
+
+/// Removes everything the state store keeps of `client`'s session (its
+/// record and its QoS 2 identifiers): the session ended.
+pub(crate) fn forget(broker: &Broker, client: &str) {
+    broker.delete_state(SESSION_SCOPE, client);
+    let prefix = format!("{client}\u{0}");
+    for key in broker.state_keys(QOS2_SCOPE) {
+        if key.starts_with(&prefix) {
+            broker.delete_state(QOS2_SCOPE, &key);
+        }
+    }
+}
+
+/// The subscriptions a session queue's bindings stand for, with default
+/// options (granted QoS 2): what is known without a saved record.
+pub(crate) fn subs_from_bindings(broker: &Broker, queue: &str) -> Vec<(Box<str>, SubEntry)> {
+    let mut subs = Vec::new();
+    for (exchange, key) in broker.queue_bindings(queue) {
+        if &*exchange != "amq.topic" {
+            continue;
+        }
+        if let Ok(filter) = switchyard_model::AddressFilter::new(&key) {
+            subs.push((
+                topic::address_to_topic(&key).into_boxed_str(),
+                SubEntry {
+                    filter,
+                    options: SubOptions {
+                        qos: QoS::ExactlyOnce,
+                        ..SubOptions::default()
+                    },
+                    id: None,
+                    shared: false,
+                    consumer: None,
+                },
+            ));
+        }
+    }
+    subs
+}
+
+/// The timers of a parked persistent session.
+pub(crate) struct Timers {
+    pub broker: Broker,
+    pub client_id: Str,
+    pub state: Arc<SessionState>,
+    /// Proof of the parked state, to unpark it at expiry.
+    pub ticket: Option<ParkTicket>,
+    /// Time left before the session expires (`None`: never).
+    pub expiry: Option<Duration>,
+    /// Time left before the delayed will goes out (`None`: no will, or it
+    /// waits for the session's end).
+    pub will: Option<Duration>,
+    /// Write the changes to the state store.
+    pub persist: bool,
+}
+
+/// Arms the will and expiry timers of a parked session: the will waits
+/// for its delay or the session's end [MQTT-3.1.3-9]; at expiry the queue
+/// is deleted, the will (if still waiting) goes out, the saved state is
+/// removed. A session taken up again by a connection is left alone.
+pub(crate) fn arm(t: Timers) {
+    let Timers {
+        broker,
+        client_id,
+        state,
+        ticket,
+        expiry,
+        will,
+        persist,
+    } = t;
+    if let Some(delay) = will {
+        let st = state.clone();
+        let b = broker.clone();
+        let client = client_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let will = {
+                let mut p = st.inner.lock();
+                if p.resumed || p.expired {
+                    None
+                } else {
+                    let w = p.will.take();
+                    if persist && w.is_some() {
+                        // Under the lock: a connection resuming the session
+                        // writes its record after this one.
+                        p.stored_will = None;
+                        b.save_state(
+                            SESSION_SCOPE,
+                            &client,
+                            &persist::encode_session(&p.record()),
+                        );
+                    }
+                    w
+                }
+            };
+            if let Some(m) = will {
+                publish_will(&b, m);
+            }
+        });
+    }
+    if let (Some(after), Some(ticket)) = (expiry, ticket) {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let will = {
+                let mut p = state.inner.lock();
+                if p.resumed {
+                    return;
+                }
+                p.expired = true;
+                let _ = broker.delete_queue(&p.queue, false, false, None);
+                if persist {
+                    forget(&broker, &client_id);
+                }
+                p.will.take()
+            };
+            if let Some(m) = will {
+                publish_will(&broker, m);
+            }
+            broker.clients().unpark(SCOPE, &client_id, ticket);
+        });
+    }
+}
+
 impl Conn {
+    /// Writes this connection's session record (subscriptions and expiry;
+    /// "held by a connection").
+    fn save_session(&self) {
+        let Some(sub) = self.sub.as_deref() else {
+            return;
+        };
+        let rec = SessionRecord {
+            expiry: self.session_expiry,
+            left_at: 0,
+            subs: stored_subs(sub.subs.iter().map(|(f, e)| (&**f, e))),
+            reuse: sub.out.reuse.iter().map(|(m, p)| (*m, *p)).collect(),
+            will: None,
+        };
+        self.broker.save_state(
+            SESSION_SCOPE,
+            &self.client_id,
+            &persist::encode_session(&rec),
+        );
+    }
+
     fn write(&mut self, p: &Packet) {
         codec::encode(p, self.version, &mut self.io.wbuf);
     }
@@ -882,6 +1032,15 @@ impl Conn {
                         } else {
                             f.state = OutState::AwaitPubComp;
                             self.ack_packet(kind::PUBREL, a.packet_id, 0);
+                            if self.journaled {
+                                save_qos2(
+                                    &self.broker,
+                                    &self.client_id,
+                                    Dir::Out,
+                                    a.packet_id,
+                                    Some(Qos2Entry::AwaitPubComp),
+                                );
+                            }
                         }
                         self.ack_source(source);
                         self.drain_waiting();
@@ -908,12 +1067,18 @@ impl Conn {
                         .is_some_and(|f| f.state == OutState::AwaitPubComp)
                 {
                     s.out.inflight.remove(&a.packet_id);
+                    if self.journaled {
+                        save_qos2(&self.broker, &self.client_id, Dir::Out, a.packet_id, None);
+                    }
                     self.drain_waiting();
                 }
                 Ok(())
             }
             Packet::PubRel(a) => {
                 let known = self.qos2.remove(&a.packet_id);
+                if known && self.journaled {
+                    save_qos2(&self.broker, &self.client_id, Dir::In, a.packet_id, None);
+                }
                 let code = if known || !self.v5 {
                     0
                 } else {
@@ -986,8 +1151,16 @@ impl Conn {
             QoS::AtMostOnce => return,
             QoS::AtLeastOnce => kind::PUBACK,
             QoS::ExactlyOnce => {
-                if code < 0x80 {
-                    self.qos2.insert(p.packet_id);
+                if code < 0x80 && self.qos2.insert(p.packet_id) && self.journaled {
+                    // Kept until PUBREL, across a restart: a PUBLISH sent
+                    // again with this identifier is not routed twice.
+                    save_qos2(
+                        &self.broker,
+                        &self.client_id,
+                        Dir::In,
+                        p.packet_id,
+                        Some(Qos2Entry::Incoming),
+                    );
                 }
                 kind::PUBREC
             }
@@ -1162,13 +1335,18 @@ impl Conn {
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(switchyard_model::AddressFilter, QoS, Option<u32>)> = Vec::new();
+        let mut changed = false;
         for (filter, opts) in &s.filters {
             let code = self.subscribe_one(filter, *opts, sub_id, &mut retained)?;
+            changed |= code < 0x80 && !filter.starts_with("$share/");
             codes.push(if self.v5 || code < 0x80 {
                 code
             } else {
                 reason::v3::SUBACK_FAILURE
             });
+        }
+        if changed && self.journaled {
+            self.save_session();
         }
         self.write(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
@@ -1279,6 +1457,7 @@ impl Conn {
 
     fn on_unsubscribe(&mut self, u: Unsubscribe) -> Result<(), Close> {
         let mut codes = Vec::with_capacity(u.filters.len());
+        let mut changed = false;
         for f in &u.filters {
             let removed = self
                 .sub
@@ -1293,6 +1472,7 @@ impl Conn {
                             let _ = sub.session.cancel(c);
                         }
                         None => {
+                            changed = true;
                             if let Some(q) = &sub.queue {
                                 let _ = sub.session.unbind_queue(
                                     q,
@@ -1307,6 +1487,9 @@ impl Conn {
                 }
             };
             codes.push(code);
+        }
+        if changed && self.journaled {
+            self.save_session();
         }
         self.write(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
@@ -1540,13 +1723,14 @@ impl Conn {
             Close::Server(_, why) => (true, Err(AdapterError::Protocol(why.clone()))),
         };
         let now = now_millis();
+        let v5 = self.v5;
         let will = if send_will {
             self.will.take().and_then(|w| {
                 let addr = topic::topic_to_address(&w.topic).ok()?;
                 let delay = w.properties.will_delay_interval.unwrap_or(0);
-                mapping::will_message(Str::from(addr), &w, self.v5, now)
+                mapping::will_message(Str::from(addr), &w, v5, now)
                     .ok()
-                    .map(|m| (m, delay))
+                    .map(|m| (m, delay, w))
             })
         } else {
             None
@@ -1559,6 +1743,7 @@ impl Conn {
             qos2,
             client_id,
             session_expiry,
+            journaled,
             ..
         } = this;
         let (queue, subs, out) = match sub {
@@ -1578,27 +1763,26 @@ impl Conn {
         let queue = match queue {
             Some(q) if session_expiry > 0 => q,
             other => {
-                if let Some((m, _)) = will {
+                if let Some((m, _, _)) = will {
                     publish_will(&broker, m);
                 }
                 if let Some(q) = other {
                     let _ = broker.delete_queue(&q, false, false, None);
+                    if journaled {
+                        forget(&broker, &client_id);
+                    }
                 }
                 drop(claim);
                 return result;
             }
         };
         let mut delayed = None;
-        let mut now_will = None;
-        if let Some((m, delay)) = will {
+        if let Some((m, delay, w)) = will {
             if delay == 0 {
-                now_will = Some(m);
+                publish_will(&broker, m);
             } else {
-                delayed = Some((m, delay));
+                delayed = Some((m, delay, w));
             }
-        }
-        if let Some(m) = now_will {
-            publish_will(&broker, m);
         }
         let mut reuse = Vec::new();
         let mut pubrel = Vec::new();
@@ -1609,8 +1793,12 @@ impl Conn {
                 _ => {}
             }
         }
-        let will_delay = delayed.as_ref().map(|(_, d)| *d);
-        let state = SessionState::new(Parked {
+        let will_delay = delayed.as_ref().map(|(_, d, _)| *d);
+        let (will, stored_will) = match delayed {
+            Some((m, _, w)) => (Some(m), Some(StoredWill { will: *w, v5 })),
+            None => (None, None),
+        };
+        let parked = Parked {
             resumed: false,
             expired: false,
             queue: queue.clone(),
@@ -1618,50 +1806,34 @@ impl Conn {
             qos2: qos2.into_iter().collect(),
             reuse,
             pubrel,
-            will: delayed.map(|(m, _)| m),
-        });
+            will,
+            stored_will,
+            expiry: session_expiry,
+            left_at: now,
+        };
+        if journaled {
+            // Before the claim is released: a connection taking the session
+            // up writes its record after this one.
+            broker.save_state(
+                SESSION_SCOPE,
+                &client_id,
+                &persist::encode_session(&parked.record()),
+            );
+        }
+        let state = SessionState::new(parked);
         let ticket = claim.release(Some(state.clone()));
-        // The will waits for its delay or the session's end [MQTT-3.1.3-9].
-        if let Some(delay) = will_delay
-            && delay < session_expiry
-        {
-            let st = state.clone();
-            let b = broker.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-                let will = {
-                    let mut p = st.inner.lock();
-                    if p.resumed || p.expired {
-                        None
-                    } else {
-                        p.will.take()
-                    }
-                };
-                if let Some(m) = will {
-                    publish_will(&b, m);
-                }
-            });
-        }
-        if session_expiry != u32::MAX
-            && let Some(ticket) = ticket
-        {
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(session_expiry))).await;
-                let will = {
-                    let mut p = state.inner.lock();
-                    if p.resumed {
-                        return;
-                    }
-                    p.expired = true;
-                    let _ = broker.delete_queue(&p.queue, false, false, None);
-                    p.will.take()
-                };
-                if let Some(m) = will {
-                    publish_will(&broker, m);
-                }
-                broker.clients().unpark(SCOPE, &client_id, ticket);
-            });
-        }
+        arm(Timers {
+            broker,
+            client_id,
+            state,
+            ticket,
+            expiry: (session_expiry != u32::MAX)
+                .then(|| Duration::from_secs(u64::from(session_expiry))),
+            will: will_delay
+                .filter(|d| *d < session_expiry)
+                .map(|d| Duration::from_secs(u64::from(d))),
+            persist: journaled,
+        });
         result
     }
 }

@@ -15,6 +15,8 @@
 //! * [`session`]: packet ids, the in-flight window, aliases, parked session
 //!   state (no I/O);
 //! * `driver`: the one `select!` loop per connection;
+//! * [`persist`]: what a persistent session keeps in the state store (the
+//!   journal), its byte format; `restore`: bringing it back at startup;
 //! * [`auth`]: the one function CONNECT credentials go through.
 //!
 //! # Why our own codec
@@ -35,6 +37,8 @@ pub mod codec;
 pub mod config;
 mod driver;
 pub mod mapping;
+pub mod persist;
+mod restore;
 pub mod session;
 pub mod topic;
 
@@ -67,5 +71,9 @@ impl ProtocolAdapter for MqttAdapter {
 
     async fn serve(&self, conn: Connection, broker: Broker) -> Result<(), AdapterError> {
         driver::serve(Box::new(conn), broker, self.config.clone()).await
+    }
+
+    fn recovered(&self, broker: &Broker) {
+        restore::restore(broker, &self.config);
     }
 }

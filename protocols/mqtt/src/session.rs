@@ -18,6 +18,7 @@
 //! PUBREL; a PUBLISH repeating a kept identifier is not routed again.
 
 use crate::codec::SubOptions;
+use crate::persist::{SessionRecord, StoredSub, StoredWill};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -160,8 +161,9 @@ pub struct SubEntry {
 /// Incoming QoS 2 identifiers between PUBLISH and PUBREL.
 pub type Qos2Ids = HashSet<u16, Hasher>;
 
-/// What a persistent session keeps between connections (in memory; the
-/// queue itself is the core's).
+/// What a persistent session keeps between connections (in memory, and,
+/// with a journal, in the state store as a [`SessionRecord`] plus QoS 2
+/// entries, see [`crate::persist`]; the queue itself is the core's).
 #[derive(Debug, Default)]
 pub struct Parked {
     /// A later connection took this session over.
@@ -177,6 +179,40 @@ pub struct Parked {
     pub pubrel: Vec<u16>,
     /// A will waiting for its delay (or the session's end).
     pub will: Option<Message>,
+    /// That will as the CONNECT carried it (what the state store keeps).
+    pub stored_will: Option<StoredWill>,
+    /// The session expiry interval granted, seconds (`u32::MAX`: never).
+    pub expiry: u32,
+    /// When the last connection ended (ms since the Unix epoch).
+    pub left_at: u64,
+}
+
+impl Parked {
+    /// What the state store keeps of this parked session.
+    pub fn record(&self) -> SessionRecord {
+        SessionRecord {
+            expiry: self.expiry,
+            left_at: self.left_at,
+            subs: stored_subs(self.subs.iter().map(|(f, e)| (&**f, e))),
+            reuse: self.reuse.clone(),
+            will: if self.will.is_some() {
+                self.stored_will.clone()
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// The non-shared subscriptions, as the state store keeps them.
+pub fn stored_subs<'a>(subs: impl Iterator<Item = (&'a str, &'a SubEntry)>) -> Vec<StoredSub> {
+    subs.filter(|(_, e)| !e.shared)
+        .map(|(f, e)| StoredSub {
+            filter: f.to_owned(),
+            options: e.options,
+            id: e.id,
+        })
+        .collect()
 }
 
 /// The parked state, shared with the expiry and will timers.

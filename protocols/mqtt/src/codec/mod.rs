@@ -30,10 +30,10 @@ pub use packet::{
     UnsubAck, Unsubscribe, Version, Will, kind, reason,
 };
 pub use props::{Context, Properties};
+pub(crate) use wire::Reader;
 pub use wire::{MAX_VARINT, check_utf8, put_binary, put_str, put_varint, varint_len};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use wire::Reader;
 
 /// Why bytes are not a valid packet. Each maps to the 5.0 reason code the
 /// server answers with ([`DecodeError::reason_code`]).
