@@ -71,6 +71,8 @@ class NatsLoop:
     def close(self):
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 def nats_url(broker):
