@@ -749,3 +749,23 @@ def test_interop_edge_very_long_addresses(broker, loop):
     finally:
         for c in (na, st, ht, am, mq):
             c.close()
+
+
+def test_interop_edge_addresses_mqtt_cannot_write(broker, loop):
+    """An address with `+` or `#` inside a word (NATS `plus.a+b`) has no MQTT
+    topic name: MQTT subscribers skip it, the other protocols get it."""
+    mq = interop.Mqtt(broker, v5=True)
+    mq.subscribe_topic("plus/#")
+    am = interop.Amqp(broker)
+    am.subscribe("plus.#")
+    na = interop.Nats(broker, loop)
+    try:
+        na.publish("plus.a+b", b"plus")
+        na.publish("plus.a#b", b"hash")
+        na.publish("plus.ok", b"fine")
+        assert [m.payload for m in drain(mq.raw, 1)] == [b"fine"]
+        assert sorted(a.body for a in drain(am.get, 1)) == [b"fine", b"hash", b"plus"]
+    finally:
+        mq.close()
+        am.close()
+        na.close()
