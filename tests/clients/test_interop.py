@@ -8,8 +8,6 @@ import threading
 import time
 import uuid
 
-import nats
-import nats.errors
 import pika
 import pytest
 import requests
