@@ -767,3 +767,43 @@ def test_interop_edge_addresses_mqtt_cannot_write(broker, loop):
         mq.close()
         am.close()
         na.close()
+
+
+def test_interop_http_and_stomp_requests_answered_across_protocols(broker, loop):
+    """HTTP requester (`x-reply-to`, `x-correlation-id`, the answer on an SSE
+    stream) answered by an AMQP RPC server; STOMP requester (`reply-to:
+    /topic/…`, `correlation-id`) answered by a NATS responder."""
+    server, q = amqp_rpc_server(broker, "rpc.http.svc")
+    ht = interop.Http(broker)
+    ht.subscribe("replies.http")
+    try:
+        ht.publish("rpc.http.svc", b"ping", **{"x-reply-to": "replies.http", "x-correlation-id": "h-1"})
+        props = amqp_serve_one(server, q)
+        assert props.reply_to == "replies.http" and props.correlation_id == "h-1"
+        a = ht.get()
+        assert a is not None and a.body == b"pong:ping"
+        assert a.raw.meta["headers"]["x-correlation-id"] == "h-1"
+    finally:
+        server.close()
+        ht.close()
+
+    na = interop.Nats(broker, loop)
+
+    async def serve():
+        async def handler(m):
+            await na.nc.publish(m.reply, b"pong:" + m.data, headers={"Correlation-Id": m.headers["Correlation-Id"]})
+
+        await na.nc.subscribe("rpc.stomp2nats", cb=handler)
+        await na.nc.flush()
+
+    loop.run(serve())
+    st = interop.Stomp(broker)
+    st.subscribe_destination("/topic/replies.stomp")
+    try:
+        st.send("/topic/rpc.stomp2nats", b"ping", headers={"reply-to": "/topic/replies.stomp", "correlation-id": "s-1"})
+        f = st.raw()
+        assert f is not None and f.body == b"pong:ping"
+        assert f.headers["correlation-id"] == "s-1"
+    finally:
+        st.close()
+        na.close()
