@@ -163,3 +163,34 @@ def wait_for(predicate, timeout=10.0, interval=0.02):
             return True
         time.sleep(interval)
     return predicate()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Prints the cross-protocol matrix (test_interop_matrix.py) as a
+    publisher × subscriber table of pass/FAIL, when any pair ran."""
+    results = {}
+    for outcome in ("passed", "failed", "error"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(rep, "nodeid", "")
+            if "test_interop_matrix.py::test_pair[" not in nodeid or rep.when not in ("call", "setup"):
+                continue
+            pair = nodeid.split("[", 1)[1].rstrip("]")
+            pub, sub = pair.split("->")
+            ok = outcome == "passed"
+            if rep.when == "setup" and ok:
+                continue
+            results[(pub, sub)] = "pass" if ok else "FAIL"
+    if not results:
+        return
+    order = ["mqtt3", "mqtt5", "amqp", "stomp", "nats", "http"]
+    pubs = [p for p in order if any(k[0] == p for k in results)]
+    subs = [s for s in order if any(k[1] == s for k in results)]
+    tr = terminalreporter
+    tr.section("interop matrix (rows: publisher, columns: subscriber)")
+    tr.write_line("| pub \\ sub | " + " | ".join(subs) + " |")
+    tr.write_line("| --- |" + " --- |" * len(subs))
+    for p in pubs:
+        cells = [results.get((p, s), "-") for s in subs]
+        tr.write_line(f"| {p} | " + " | ".join(cells) + " |")
+    passed = sum(1 for v in results.values() if v == "pass")
+    tr.write_line(f"{passed}/{len(results)} pairs pass")

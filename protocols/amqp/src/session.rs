@@ -32,7 +32,7 @@ use switchyard_core::{
     ExchangeOptions, Published, Session, SessionEvent, Transaction,
 };
 use switchyard_model::{
-    ConsumerId, DeliveryTag, Headers, Message, Namespace, Str, Value, now_millis,
+    Address, ConsumerId, DeliveryTag, Headers, Message, Namespace, Str, Value, now_millis,
 };
 
 /// Connection parameters from the listener config and the broker limits.
@@ -245,6 +245,9 @@ struct Channel {
     last_queue: Option<Str>,
     ns_cache: Option<(ShortStr, Namespace)>,
     rk_cache: Option<(ShortStr, Str)>,
+    /// The last `reply_to` queue bound to its multicast address (see
+    /// [`Conn::bind_reply_queue`]): RPC clients repeat one reply queue.
+    reply_bound: Option<Str>,
 }
 
 impl Channel {
@@ -265,6 +268,7 @@ impl Channel {
             last_queue: None,
             ns_cache: None,
             rk_cache: None,
+            reply_bound: None,
         }
     }
 
@@ -1550,8 +1554,28 @@ impl Conn {
         let keep = publish
             .mandatory
             .then(|| (properties.clone(), body.clone()));
+        // The reply path of a request from a protocol without queues (NATS,
+        // MQTT 5, STOMP /topic/, HTTP): an RPC server answers on the default
+        // exchange with the request's reply_to as routing key, and that names
+        // a multicast address, not a queue. A default-exchange publish whose
+        // routing key names no queue goes to the multicast address of the same
+        // name (RabbitMQ would drop it); one that names a queue is unchanged.
+        let namespace = if namespace == Namespace::Anycast
+            && !self.session.broker().queue_exists(&address)
+            && Address::new(&address).is_ok()
+        {
+            Namespace::Multicast
+        } else {
+            namespace
+        };
         let msg = mapping::to_message(namespace, address, body, properties, now_millis())
             .map_err(|t| AmqpError::chan(PRECONDITION_FAILED, t, at))?;
+        if let Some(reply_to) = &msg.properties.reply_to {
+            self.bind_reply_queue(channel, reply_to);
+        }
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return Err(AmqpError::conn(CHANNEL_ERROR, "expected 'channel.open'"));
+        };
         if let Some(tx) = ch.tx.as_mut() {
             if let Namespace::Exchange(x) = &msg.namespace
                 && !self.session.broker().exchange_exists(x)
@@ -1577,6 +1601,34 @@ impl Conn {
         }
         self.confirm(channel, result);
         Ok(())
+    }
+
+    /// The other half of cross-protocol RPC: an AMQP client names its reply
+    /// queue in `reply_to`, but a NATS, MQTT, STOMP or HTTP responder
+    /// publishes its answer to the multicast address `reply_to`. When
+    /// `reply_to` names a queue this connection may bind (it exists, and is
+    /// not another connection's exclusive queue) and is a valid address, the
+    /// queue is bound to `amq.topic` with `reply_to` as its key, once per
+    /// channel and reply queue. Failures are ignored: the request still goes
+    /// out, and AMQP responders (which answer through the default exchange)
+    /// reach the queue either way.
+    fn bind_reply_queue(&mut self, channel: u16, reply_to: &Str) {
+        let Some(ch) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        if ch.reply_bound.as_ref() == Some(reply_to) {
+            return;
+        }
+        ch.reply_bound = Some(reply_to.clone());
+        if !self.session.broker().queue_exists(reply_to) || Address::new(reply_to).is_err() {
+            return;
+        }
+        let _ = self.session.bind_queue(
+            reply_to,
+            Namespace::MULTICAST_EXCHANGE,
+            reply_to,
+            &Headers::new(),
+        );
     }
 
     fn confirm(&mut self, channel: u16, result: Published) {

@@ -1286,3 +1286,95 @@ async fn publishers_are_held_back_while_the_broker_is_blocked() {
     pending.await.unwrap();
     b.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Cross-protocol request/reply (docs/protocol-mapping.md)
+
+#[tokio::test]
+async fn rpc_replies_cross_between_the_default_exchange_and_multicast() {
+    let b = TestBroker::start().await;
+    let (_c, ch) = channel(&b).await;
+
+    // An RPC server answering a request whose reply_to is a multicast
+    // address (a NATS inbox): the default exchange names no such queue, so
+    // the answer goes to that address.
+    let mut s = b.broker().session("requester", ConnId(u64::MAX));
+    s.subscribe(Subscribe::temporary(
+        AddressFilter::new("_INBOX.abc.*").unwrap(),
+    ))
+    .unwrap();
+    publish(
+        &ch,
+        "",
+        "_INBOX.abc.1",
+        b"answer",
+        BasicProperties::default(),
+    )
+    .await;
+    let d = tokio::time::timeout(WAIT, s.deliveries().recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.message.body[..], b"answer");
+    assert_eq!(&*d.message.address, "_INBOX.abc.1");
+
+    // A key that names a queue still goes only to the queue.
+    let q = declare(&ch, "jobs.one", FieldTable::default()).await;
+    s.subscribe(Subscribe::temporary(
+        AddressFilter::new("jobs.one").unwrap(),
+    ))
+    .unwrap();
+    publish(&ch, "", &q, b"job", BasicProperties::default()).await;
+    assert_eq!(get(&ch, &q).await.unwrap().delivery.data, b"job");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), s.deliveries().recv())
+            .await
+            .is_err(),
+        "a publish to an existing queue must not reach multicast subscribers"
+    );
+
+    // An RPC client: its reply queue, named in reply_to, receives what a
+    // responder of another protocol publishes to that address.
+    let reply_q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .name()
+        .to_string();
+    let mut replies = consume(&ch, &reply_q, true).await;
+    publish(
+        &ch,
+        "amq.topic",
+        "svc.echo",
+        b"request",
+        BasicProperties::default()
+            .with_reply_to(ShortString::from(reply_q.clone()))
+            .with_correlation_id(ShortString::from("c1")),
+    )
+    .await;
+    let mut answer = Message::multicast(
+        &Address::new(&reply_q).unwrap(),
+        Bytes::from_static(b"reply"),
+    );
+    answer.properties.correlation_id = Some(Bytes::from_static(b"c1"));
+    // The publish and the binding are on the same connection, in order; a
+    // confirm round trip makes sure the broker has processed both.
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    b.broker().publish(answer).unwrap();
+    let d = next(&mut replies).await;
+    assert_eq!(d.data, b"reply");
+    assert_eq!(
+        d.properties.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("c1")
+    );
+    b.stop().await;
+}
