@@ -85,6 +85,8 @@ pub(crate) async fn accept_loop(a: Accept) {
     }
 }
 
+// The box is the point: it is what the connection task holds.
+#[allow(clippy::boxed_local)]
 fn unbox(conn: Box<Connection>) -> Connection {
     *conn
 }
