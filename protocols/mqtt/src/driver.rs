@@ -34,7 +34,7 @@ use std::time::Duration;
 use switchyard_core::spi::{AdapterError, Connection, Stream};
 use switchyard_core::{
     Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, QueueOptions, Session,
-    SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind,
+    SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind, Verb,
 };
 use switchyard_model::{ConnId, ConsumerId, Headers, Message, Origin, Str, now_millis};
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -270,6 +270,9 @@ struct Conn {
     /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
     /// is told a QoS 1/2 message is safe only once it is on disk.
     acks: VecDeque<PendingAck>,
+    /// Who the client logged in as, and what the ACL lets it do.
+    principal: switchyard_core::Principal,
+    acl: switchyard_core::Authorizer,
 }
 
 /// Serves one connection from its first byte to its end.
@@ -301,6 +304,7 @@ async fn open(
         stream,
         shutdown,
         peer,
+        tls_identity,
         ..
     } = *conn;
     let mut io = Io {
@@ -353,17 +357,36 @@ async fn open(
             "enhanced authentication is not supported".into(),
         ));
     }
-    if let Err(code) = auth::authenticate(
+    let principal = match auth::authenticate(
         &broker,
         &Credentials {
             client_id: &connect.client_id,
             username: connect.username.as_deref(),
             password: connect.password.as_deref(),
             peer,
+            tls_identity: tls_identity.as_deref(),
         },
-    ) {
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(code) => {
+            connack_and_close(&mut io, version, refuse(code.v3, code.v5)).await;
+            return Err(AdapterError::Protocol("authentication failed".into()));
+        }
+    };
+    // A will is a publication too: its topic must be allowed (as Mosquitto
+    // refuses the CONNECT otherwise).
+    if let Some(will) = &connect.will
+        && let Ok(address) = topic::topic_to_address(&will.topic)
+        && broker
+            .authorizer("mqtt", &principal)
+            .check(Verb::Publish, &address)
+            .is_err()
+    {
+        let code = auth::NOT_AUTHORIZED;
         connack_and_close(&mut io, version, refuse(code.v3, code.v5)).await;
-        return Err(AdapterError::Protocol("authentication failed".into()));
+        return Err(AdapterError::Protocol("will topic not authorized".into()));
     }
     if connect.client_id.len() > cfg.max_client_id_len {
         connack_and_close(
@@ -484,6 +507,9 @@ async fn open(
                 },
             )
         });
+        // The session queue is the connection's own bookkeeping: declared
+        // and consumed before the ACL applies; its bindings are checked.
+        session.set_principal(&principal);
         match consumed {
             Ok(c) => s.queue_consumer = Some(c),
             Err(e) => {
@@ -590,6 +616,8 @@ async fn open(
         client_max_packet,
         last_topic: None,
         acks: VecDeque::new(),
+        acl: broker.authorizer("mqtt", &principal),
+        principal,
     });
     // [MQTT-4.4.0-1]: PUBRELs of the resumed session go out again.
     for id in pubrel {
@@ -968,8 +996,12 @@ impl Conn {
     /// The receiving side, opened on first use.
     fn sub(&mut self) -> &mut Subscriber {
         let (broker, id, aliases) = (&self.broker, self.conn_id, self.out_alias_max);
-        self.sub
-            .get_or_insert_with(|| Subscriber::new(broker.session("mqtt", id), aliases))
+        let principal = &self.principal;
+        self.sub.get_or_insert_with(|| {
+            let mut session = broker.session("mqtt", id);
+            session.set_principal(principal);
+            Subscriber::new(session, aliases)
+        })
     }
 
     /// The answer to a QoS 1/2 publication that is not routed.
@@ -1082,6 +1114,19 @@ impl Conn {
                     code = reason::QUOTA_EXCEEDED;
                 }
             }
+        }
+        if self.acl.is_active() && self.acl.check(Verb::Publish, &address).is_err() {
+            // MQTT 3.1.1 has no way to refuse one publication: the
+            // connection is closed (as Mosquitto does). 5.0 answers 0x87
+            // (QoS 1/2) or disconnects with 0x87 (QoS 0) [MQTT-3.3.5].
+            if !self.v5 || p.qos == QoS::AtMostOnce {
+                return Err(Close::protocol(
+                    reason::NOT_AUTHORIZED,
+                    "publication not authorized",
+                ));
+            }
+            self.refuse_publish(&p, reason::NOT_AUTHORIZED);
+            return Ok(());
         }
         let mut msg = msg;
         msg.origin = Origin {
@@ -1250,6 +1295,10 @@ impl Conn {
             Err(CoreError::ResourceLimit(e)) => {
                 tracing::debug!(error = %e, "subscription refused");
                 return Ok(reason::QUOTA_EXCEEDED);
+            }
+            Err(CoreError::AccessRefused(e)) => {
+                tracing::debug!(error = %e, "subscription not authorized");
+                return Ok(reason::NOT_AUTHORIZED);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "subscription failed");
