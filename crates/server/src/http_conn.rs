@@ -54,6 +54,9 @@ pub(crate) struct HttpListener {
     pub(crate) socket: TcpListener,
     pub(crate) admission: Arc<Admission>,
     pub(crate) write_timeout: Duration,
+    /// A connection that sends nothing for this long is closed
+    /// (`limits.handshake_timeout`).
+    pub(crate) handshake_timeout: Duration,
     pub(crate) switch: Arc<KillSwitch>,
 }
 
@@ -87,6 +90,7 @@ impl axum::serve::Listener for HttpListener {
                 stalled: false,
                 switch: self.switch.clone(),
                 kill: None,
+                silent: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
             };
             return (io, peer);
         }
@@ -108,6 +112,8 @@ pub(crate) struct HttpIo {
     switch: Arc<KillSwitch>,
     /// Made once the listener is stopping and the I/O is pending.
     kill: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Until the first byte arrives: the handshake deadline.
+    silent: Option<Pin<Box<Sleep>>>,
 }
 
 fn killed() -> io::Error {
@@ -175,9 +181,25 @@ impl AsyncRead for HttpIo {
         if self.is_killed() {
             return Poll::Ready(Err(killed()));
         }
+        let before = buf.filled().len();
         match Pin::new(&mut self.tcp).poll_read(cx, buf) {
-            Poll::Pending => self.check_kill(cx).map(Err),
-            ready => ready,
+            Poll::Pending => {
+                if let Some(silent) = self.silent.as_mut()
+                    && silent.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "closed: nothing received within the handshake timeout",
+                    )));
+                }
+                self.check_kill(cx).map(Err)
+            }
+            ready => {
+                if buf.filled().len() > before {
+                    self.silent = None;
+                }
+                ready
+            }
         }
     }
 }
