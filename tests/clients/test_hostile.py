@@ -325,24 +325,36 @@ def flood(b, failures):
         try:
             s.bind(("127.0.0.2", 0))
             s.connect((host, port))
+            # A complete handshake: admitted ones stay open (no timeout).
+            s.sendall(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
         except OSError:
             s.close()
             continue
         socks.append(s)
     time.sleep(1)
     for s in socks:
-        s.settimeout(0.05)
+        s.settimeout(2)
+        data = b""
         try:
-            data = s.recv(1)
-            if data:
-                accepted += 1  # the NATS INFO: admitted
+            while b"PONG" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
         except OSError:
             pass
+        if b"PONG" in data:
+            accepted += 1  # admitted, and still open
     for s in socks:
         s.close()
     print(f"flood: {len(socks)} TCP connects, {accepted} admitted (limit {PER_IP})")
-    if accepted > PER_IP:
+    if accepted > PER_IP or accepted == 0:
         failures.append(f"{accepted} connections admitted from one IP, limit {PER_IP}")
+    text = requests.get(b.url() + "/metrics", timeout=10).text
+    refused = [l for l in text.splitlines() if l.startswith('switchyard_connections_refused_total{protocol="nats"}')]
+    print("metrics:", refused)
+    if not refused or int(float(refused[0].split()[-1])) < len(socks) - accepted:
+        failures.append(f"refused connections not counted: {refused}")
 
 
 def test_hostile_inputs_do_not_hurt_well_behaved_clients(hostile_broker):

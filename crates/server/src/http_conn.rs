@@ -91,6 +91,7 @@ impl axum::serve::Listener for HttpListener {
                 switch: self.switch.clone(),
                 kill: None,
                 silent: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
+                read_early: 0,
             };
             return (io, peer);
         }
@@ -112,9 +113,19 @@ pub(crate) struct HttpIo {
     switch: Arc<KillSwitch>,
     /// Made once the listener is stopping and the I/O is pending.
     kill: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// Until the first byte arrives: the handshake deadline.
+    /// The handshake deadline: until the first response is written (or a
+    /// body larger than any header block is being read), reads must not
+    /// stall past it — a silent client, or one that dribbles its request
+    /// headers a byte at a time (slowloris), is closed.
     silent: Option<Pin<Box<Sleep>>>,
+    /// Bytes read while `silent` is armed.
+    read_early: usize,
 }
+
+/// Past this many bytes read before the first response, the client is
+/// sending a body (hyper refuses header blocks far smaller): the handshake
+/// deadline no longer applies.
+const HEADER_BOUND: usize = 1024 * 1024;
 
 fn killed() -> io::Error {
     io::Error::new(
@@ -146,6 +157,8 @@ impl HttpIo {
     }
 
     fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        // A response is going out: the first request arrived whole.
+        self.silent = None;
         match r {
             Poll::Ready(r) => {
                 self.stalled = false;
@@ -189,14 +202,17 @@ impl AsyncRead for HttpIo {
                 {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "closed: nothing received within the handshake timeout",
+                        "closed: no complete request within the handshake timeout",
                     )));
                 }
                 self.check_kill(cx).map(Err)
             }
             ready => {
-                if buf.filled().len() > before {
-                    self.silent = None;
+                if self.silent.is_some() {
+                    self.read_early += buf.filled().len() - before;
+                    if self.read_early > HEADER_BOUND {
+                        self.silent = None;
+                    }
                 }
                 ready
             }
