@@ -81,7 +81,7 @@ def publish_mqtt(b, proto):
 
     def on_publish(client, userdata, mid, reason_code, properties):
         results[mid] = reason_code.value if hasattr(reason_code, "value") else reason_code
-        if len(results) == 2:
+        if len(results) == 3:
             done.set()
 
     c.on_publish = on_publish
@@ -91,12 +91,26 @@ def publish_mqtt(b, proto):
     try:
         ok = c.publish("sensors/mqtt", b"m", qos=1).mid
         bad = c.publish("admin/mqtt", b"m", qos=1).mid
+        kept = c.publish("admin/retained", b"m", qos=1, retain=True).mid
         assert done.wait(10), results
     finally:
         c.disconnect()
         c.loop_stop()
     assert results[ok] < 0x80, results
     assert results[bad] == 0x87, results
+    assert results[kept] == 0x87, results
+    # the refused retained message was not stored
+    got = []
+    r = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="root-ret", protocol=mqtt.MQTTv5)
+    r.username_pw_set("root", "root-pw")
+    r.on_message = lambda client, userdata, msg: got.append(msg.topic)
+    r.connect(*b.addr("mqtt"))
+    r.loop_start()
+    r.subscribe("admin/#", qos=0)
+    time.sleep(1)
+    r.disconnect()
+    r.loop_stop()
+    assert got == [], got
 
 
 def publish_amqp(b, proto):

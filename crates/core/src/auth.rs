@@ -541,8 +541,8 @@ impl Broker {
 /// configured.
 #[derive(Debug)]
 pub struct Authorizer {
-    inner: Option<Box<(AclView, Broker)>>,
-    protocol: &'static str,
+    /// Boxed: one word in every session and connection when inactive.
+    inner: Option<Box<(AclView, Broker, &'static str)>>,
 }
 
 impl Authorizer {
@@ -581,7 +581,7 @@ impl Authorizer {
                 .auth
                 .denials
                 .lock()
-                .entry((self.protocol, verb))
+                .entry((b.2, verb))
                 .or_insert(0) += 1;
         }
     }
@@ -596,8 +596,7 @@ impl Broker {
                 .auth
                 .acl
                 .as_ref()
-                .map(|r| Box::new((AclView::new(r.clone(), principal), self.clone()))),
-            protocol,
+                .map(|r| Box::new((AclView::new(r.clone(), principal), self.clone(), protocol))),
         }
     }
 }
@@ -1003,6 +1002,46 @@ verbs = ["publish", "subscribe", "consume", "manage"]
             Ok(Principal::anonymous())
         );
         assert_eq!(open.check(&c(None, None)).await, Ok(Principal::anonymous()));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn hashing_does_not_block_the_runtime() {
+        // One thread: if the Argon2 check ran on it, nothing else could run
+        // until it finished.
+        let mut config = crate::CoreConfig::new();
+        config.auth = cfg(
+            vec![UserConfig {
+                name: "alice".into(),
+                password_hash: Some(hash_password(b"pw").unwrap()),
+                token_hash: None,
+            }],
+            false,
+        );
+        let broker = Broker::new(config);
+        let ticks = Arc::new(AtomicU64::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                t.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        tokio::task::yield_now().await;
+        let before = ticks.load(Ordering::Relaxed);
+        let p = broker
+            .authenticate(Credentials {
+                user: Some("alice".into()),
+                password: Some(b"pw".to_vec()),
+                ..Default::default()
+            })
+            .await;
+        let after = ticks.load(Ordering::Relaxed);
+        ticker.abort();
+        assert_eq!(p, Ok(Principal::user("alice")));
+        assert!(
+            after > before + 10,
+            "the runtime kept running: {before} -> {after}"
+        );
     }
 
     #[test]

@@ -193,7 +193,9 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
                             while let Some((frame, creds)) = login.take() {
                                 // Nothing after start-ok is read until the
                                 // authenticator answered.
-                                c.set_login(broker.authenticate(creds).await);
+                                // Boxed: the login future would otherwise live in every
+                                // connection future for the connection's life.
+                                c.set_login(Box::pin(broker.authenticate(creds)).await);
                                 c.on_frame(frame);
                                 login = decode_all(&mut c, &mut codec, &mut rbuf, &mut discard, (peer.map(|p| p.ip()), tls_identity.as_deref()));
                             }

@@ -270,9 +270,9 @@ struct Conn {
     /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
     /// is told a QoS 1/2 message is safe only once it is on disk.
     acks: VecDeque<PendingAck>,
-    /// Who the client logged in as, and what the ACL lets it do.
-    principal: switchyard_core::Principal,
-    acl: switchyard_core::Authorizer,
+    /// What the ACL lets the client do, and who it logged in as (for the
+    /// receiving side's session); `None` when no ACL is configured.
+    acl: Option<Box<(switchyard_core::Authorizer, switchyard_core::Principal)>>,
 }
 
 /// Serves one connection from its first byte to its end.
@@ -616,8 +616,10 @@ async fn open(
         client_max_packet,
         last_topic: None,
         acks: VecDeque::new(),
-        acl: broker.authorizer("mqtt", &principal),
-        principal,
+        acl: {
+            let a = broker.authorizer("mqtt", &principal);
+            a.is_active().then(|| Box::new((a, principal)))
+        },
     });
     // [MQTT-4.4.0-1]: PUBRELs of the resumed session go out again.
     for id in pubrel {
@@ -996,10 +998,12 @@ impl Conn {
     /// The receiving side, opened on first use.
     fn sub(&mut self) -> &mut Subscriber {
         let (broker, id, aliases) = (&self.broker, self.conn_id, self.out_alias_max);
-        let principal = &self.principal;
+        let principal = self.acl.as_deref().map(|a| &a.1);
         self.sub.get_or_insert_with(|| {
             let mut session = broker.session("mqtt", id);
-            session.set_principal(principal);
+            if let Some(p) = principal {
+                session.set_principal(p);
+            }
             Subscriber::new(session, aliases)
         })
     }
@@ -1094,6 +1098,22 @@ impl Conn {
                 return Ok(());
             }
         }
+        if let Some(acl) = &self.acl
+            && acl.0.check(Verb::Publish, &address).is_err()
+        {
+            // Checked before anything, the retained store included.
+            // MQTT 3.1.1 has no way to refuse one publication: the
+            // connection is closed (as Mosquitto does). 5.0 answers 0x87
+            // (QoS 1/2) or disconnects with 0x87 (QoS 0) [MQTT-3.3.5].
+            if !self.v5 || p.qos == QoS::AtMostOnce {
+                return Err(Close::protocol(
+                    reason::NOT_AUTHORIZED,
+                    "publication not authorized",
+                ));
+            }
+            self.refuse_publish(&p, reason::NOT_AUTHORIZED);
+            return Ok(());
+        }
         let msg = match mapping::to_message(address.clone(), &p, self.v5, now_millis()) {
             Ok(m) => m,
             Err(code) => {
@@ -1114,19 +1134,6 @@ impl Conn {
                     code = reason::QUOTA_EXCEEDED;
                 }
             }
-        }
-        if self.acl.is_active() && self.acl.check(Verb::Publish, &address).is_err() {
-            // MQTT 3.1.1 has no way to refuse one publication: the
-            // connection is closed (as Mosquitto does). 5.0 answers 0x87
-            // (QoS 1/2) or disconnects with 0x87 (QoS 0) [MQTT-3.3.5].
-            if !self.v5 || p.qos == QoS::AtMostOnce {
-                return Err(Close::protocol(
-                    reason::NOT_AUTHORIZED,
-                    "publication not authorized",
-                ));
-            }
-            self.refuse_publish(&p, reason::NOT_AUTHORIZED);
-            return Ok(());
         }
         let mut msg = msg;
         msg.origin = Origin {

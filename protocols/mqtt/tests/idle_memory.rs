@@ -74,7 +74,9 @@ async fn an_idle_connection_holds_little_heap() {
     // generous estimate of it so what remains is the broker's.
     let per = (after - before) / N as isize;
     eprintln!("live heap per idle connection (client side included): {per} bytes");
-    assert!(per <= 3400, "{per} bytes per idle connection");
+    // 3400 before the ACL hooks (security branch: +~32 bytes measured per
+    // idle connection; lead to review).
+    assert!(per <= 3440, "{per} bytes per idle connection");
     drop(clients);
     drop(warm);
     b.stop().await;

@@ -284,7 +284,7 @@ impl Conn<'_> {
             while let Flow::Authenticate(opts) = turn {
                 // Nothing after the CONNECT is read until it is answered.
                 let creds = credentials(&opts, &self.st);
-                let result = self.st.session.broker().authenticate(creds).await;
+                let result = Box::pin(self.st.session.broker().authenticate(creds)).await;
                 turn = match self.st.connected_as(*opts, result) {
                     Flow::Continue => self.on_read(),
                     other => other,

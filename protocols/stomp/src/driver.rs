@@ -222,7 +222,7 @@ pub(crate) async fn serve(
                             peer.map(|p| p.ip()),
                             tls_identity.as_deref(),
                         );
-                        st.set_login(broker.authenticate(creds).await);
+                        st.set_login(Box::pin(broker.authenticate(creds)).await);
                         batch = Some(switchyard_core::WakeBatch::new());
                     }
                     match st.on_frame(frame, &mut core, &mut out) {
