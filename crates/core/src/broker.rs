@@ -137,6 +137,7 @@ pub(crate) struct Shared {
     pub(crate) flow: tokio::sync::watch::Sender<crate::flow::BlockReason>,
     pub(crate) flow_sources: Mutex<std::collections::BTreeMap<&'static str, String>>,
     pub(crate) clients: Arc<crate::clients::Registry>,
+    pub(crate) auth: crate::auth::Auth,
 }
 
 impl std::fmt::Debug for Shared {
@@ -214,7 +215,6 @@ impl Broker {
             .store(BUILTIN_EXCHANGES.len() as u64, Ordering::Relaxed);
         Broker {
             shared: Arc::new_cyclic(|me| Shared {
-                config,
                 queues: RwLock::new(HashMap::new()),
                 exchanges: RwLock::new(exchanges),
                 multicast,
@@ -232,6 +232,8 @@ impl Broker {
                 flow: tokio::sync::watch::Sender::new(None),
                 flow_sources: Mutex::new(std::collections::BTreeMap::new()),
                 clients: Default::default(),
+                auth: crate::auth::Auth::new(&config.auth),
+                config,
             }),
         }
     }

@@ -186,6 +186,15 @@ pub struct Limits {
     /// Below this much free disk in the data directory publishers are held
     /// back the same way. 0 disables the check.
     pub disk_free_low_watermark: Size,
+    /// New connections accepted per second from one source IP address
+    /// (a token bucket allowing bursts of this size); past it connections
+    /// are closed at once. 0 disables the check.
+    pub connection_rate_per_ip: u32,
+    /// Delay before answering a failed login; doubled for each further
+    /// failure from the same IP address within a minute.
+    pub auth_failure_delay: Dur,
+    /// Cap on the failed-login delay.
+    pub auth_failure_max_delay: Dur,
 }
 
 impl Default for Limits {
@@ -203,6 +212,9 @@ impl Default for Limits {
             queue_memory: Size::mib(64),
             memory_high_watermark: Size(0),
             disk_free_low_watermark: Size::mib(256),
+            connection_rate_per_ip: 0,
+            auth_failure_delay: Dur::millis(100),
+            auth_failure_max_delay: Dur::secs(5),
         }
     }
 }
@@ -245,6 +257,8 @@ pub struct CoreConfig {
     pub sweep_interval: Dur,
     /// Addresses cached by each router (0 disables the cache).
     pub route_cache_capacity: usize,
+    /// Users, ACL rules, anonymous access, login back-off.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl CoreConfig {
@@ -293,6 +307,12 @@ impl CoreConfig {
             policies: Vec::new(),
             sweep_interval: Dur::millis(250),
             route_cache_capacity: switchyard_router::DEFAULT_CACHE_CAPACITY,
+            auth: crate::auth::AuthConfig {
+                anonymous: true,
+                failure_delay: Limits::default().auth_failure_delay.get(),
+                failure_max_delay: Limits::default().auth_failure_max_delay.get(),
+                ..Default::default()
+            },
         }
     }
 }

@@ -36,6 +36,7 @@
 //!
 //! The core never names a protocol.
 
+pub mod auth;
 mod broker;
 mod clients;
 pub mod config;
@@ -53,6 +54,7 @@ mod store;
 pub mod traffic;
 mod watch;
 
+pub use auth::{AuthError, Authorizer, Credentials, Principal, Verb};
 pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
 pub use clients::{Claim, ClientRegistry, ParkTicket, Parked};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};

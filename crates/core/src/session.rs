@@ -6,6 +6,7 @@
 //! Dropping it cancels every consumer (unacked messages return to their
 //! queues in their places) and deletes its exclusive and temporary queues.
 
+use crate::auth::{Principal, Verb};
 use crate::broker::{Broker, DeclareQueue, DeclaredQueue, Published};
 use crate::outbox::{Deliveries, Delivery, Outbox};
 use crate::queue::{Effects, Queue, QueueOptions, SlotSpec};
@@ -160,6 +161,9 @@ pub struct Session {
     /// Passive consumer slots used for `get`, one per queue.
     getters: HashMap<Str, ConsumerId>,
     owned: Vec<Arc<Queue>>,
+    /// The principal's view of the ACL; `None` when no ACL is configured
+    /// (every check is then one branch).
+    acl: crate::auth::Authorizer,
 }
 
 impl Broker {
@@ -179,11 +183,40 @@ impl Broker {
             consumers: HashMap::new(),
             getters: HashMap::new(),
             owned: Vec::new(),
+            acl: self.authorizer(protocol, &Principal::anonymous()),
         }
     }
 }
 
 impl Session {
+    /// Sets who this session acts for (after the connection authenticated;
+    /// a session starts as the anonymous principal). Every later operation
+    /// is checked against the ACL rules for this principal.
+    pub fn set_principal(&mut self, principal: &Principal) {
+        self.acl = self.broker.authorizer(self.protocol, principal);
+    }
+
+    /// Checks `verb` on the literal `address` against the ACL; a denial is
+    /// counted and returned as [`CoreError::AccessRefused`].
+    #[inline]
+    pub fn authorize(&self, verb: Verb, address: &str) -> CoreResult<()> {
+        self.acl.check(verb, address)
+    }
+
+    /// Checks `verb` on every address `filter` matches.
+    pub fn authorize_filter(&self, verb: Verb, filter: &AddressFilter) -> CoreResult<()> {
+        self.acl.check_filter(verb, filter)
+    }
+
+    /// Whether the queue is this connection's own exclusive queue (only fed
+    /// by bindings, which are checked; its consumption is not).
+    fn own_exclusive(&self, name: &str) -> bool {
+        self.broker
+            .shared
+            .queue(name)
+            .is_some_and(|q| q.options.exclusive && q.owner() == Some(self.conn))
+    }
+
     pub fn conn_id(&self) -> ConnId {
         self.conn
     }
@@ -226,6 +259,9 @@ impl Session {
 
     /// Publishes, stamping this session as the origin.
     pub fn publish(&self, mut msg: Message) -> CoreResult<Published> {
+        if self.acl.is_active() {
+            self.authorize(Verb::Publish, &msg.address)?;
+        }
         msg.origin = self.origin();
         let bytes = msg.body.len();
         let published = self.broker.publish(msg)?;
@@ -237,6 +273,15 @@ impl Session {
     /// Exclusive queues are deleted when the session ends.
     pub fn declare_queue(&mut self, req: DeclareQueue) -> CoreResult<DeclaredQueue> {
         let exclusive = req.options.exclusive && !req.passive;
+        // A connection's own exclusive queue concerns nobody else; passive
+        // declares only ask whether a queue exists.
+        if self.acl.is_active()
+            && !exclusive
+            && !req.passive
+            && let Some(name) = &req.name
+        {
+            self.authorize(Verb::Manage, name)?;
+        }
         let (d, q) = self.broker.declare_queue_arc(req, Some(self.conn))?;
         if exclusive && d.created {
             self.owned.push(q);
@@ -245,6 +290,9 @@ impl Session {
     }
 
     pub fn delete_queue(&mut self, name: &str, if_unused: bool, if_empty: bool) -> CoreResult<u64> {
+        if self.acl.is_active() && !self.own_exclusive(name) {
+            self.authorize(Verb::Manage, name)?;
+        }
         let n = self
             .broker
             .delete_queue(name, if_unused, if_empty, Some(self.conn))?;
@@ -253,6 +301,9 @@ impl Session {
     }
 
     pub fn purge_queue(&self, name: &str) -> CoreResult<u64> {
+        if self.acl.is_active() && !self.own_exclusive(name) {
+            self.authorize(Verb::Manage, name)?;
+        }
         self.broker.purge_queue(name, Some(self.conn))
     }
 
@@ -263,6 +314,14 @@ impl Session {
         key: &str,
         args: &Headers,
     ) -> CoreResult<()> {
+        if self.acl.is_active() {
+            // A binding lets the queue receive what the key matches: the
+            // same right as a subscription to it.
+            match AddressFilter::new(key) {
+                Ok(f) => self.authorize_filter(Verb::Subscribe, &f)?,
+                Err(_) => self.authorize(Verb::Subscribe, key)?,
+            }
+        }
         self.broker
             .bind_queue(queue, exchange, key, args, Some(self.conn))
     }
@@ -332,6 +391,9 @@ impl Session {
     /// Starts consuming from a named queue.
     pub fn consume(&mut self, queue: &str, opts: ConsumeOptions) -> CoreResult<ConsumerId> {
         self.check_consumer_limit()?;
+        if self.acl.is_active() && !self.own_exclusive(queue) {
+            self.authorize(Verb::Consume, queue)?;
+        }
         let q = self
             .broker
             .shared
@@ -344,6 +406,7 @@ impl Session {
     /// Subscribes to a multicast filter (see [`SubscriptionKind`]).
     pub fn subscribe(&mut self, sub: Subscribe) -> CoreResult<ConsumerId> {
         self.check_consumer_limit()?;
+        self.authorize_filter(Verb::Subscribe, &sub.filter)?;
         let mut options = sub.queue;
         // Address policies match a subscription by its filter (the queue's
         // generated name means nothing to an operator).
@@ -505,6 +568,9 @@ impl Session {
     /// acked through the returned delivery's `consumer`. Returns the
     /// delivery and the number of messages left.
     pub fn get(&mut self, queue: &str, manual_ack: bool) -> CoreResult<Option<(Delivery, u64)>> {
+        if self.acl.is_active() && !self.own_exclusive(queue) {
+            self.authorize(Verb::Consume, queue)?;
+        }
         let q = self
             .broker
             .shared
@@ -568,6 +634,11 @@ impl Session {
         for op in tx.ops {
             let q = self.queue_of(op.target().0)?;
             ops.push((q, op));
+        }
+        if self.acl.is_active() {
+            for m in &tx.publishes {
+                self.authorize(Verb::Publish, &m.address)?;
+            }
         }
         let mut pubs = Vec::with_capacity(tx.publishes.len());
         for mut m in tx.publishes {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use switchyard_core::auth::{AclRuleConfig, AuthConfig, UserConfig};
 use switchyard_core::journal::FsyncPolicy;
 use switchyard_core::{AddressPolicy, CoreConfig, Dur, Limits, Size};
 
@@ -124,6 +125,16 @@ impl Default for JournalSection {
     }
 }
 
+/// `[auth]`: anonymous access.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Let clients in without credentials (as the anonymous principal).
+    /// Default: on when no `[[users]]` are configured (logged as a
+    /// warning), off otherwise.
+    pub anonymous: Option<bool>,
+}
+
 /// `[listeners.NAME]` as written; protocol options are kept raw and checked
 /// by the protocol's own config type.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -155,6 +166,12 @@ pub struct RawConfig {
     pub limits: Limits,
     #[serde(default)]
     pub addresses: BTreeMap<String, AddressPolicy>,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub acl: Vec<AclRuleConfig>,
 }
 
 /// One listener, resolved and checked.
@@ -308,6 +325,16 @@ impl Config {
             ));
         }
         let mut core = CoreConfig::new();
+        core.auth = AuthConfig {
+            anonymous: raw.auth.anonymous.unwrap_or(raw.users.is_empty()),
+            users: raw.users,
+            acl: raw.acl,
+            failure_delay: raw.limits.auth_failure_delay.get(),
+            failure_max_delay: raw.limits.auth_failure_max_delay.get(),
+        };
+        core.auth
+            .validate()
+            .map_err(|(path, e)| ConfigError::new(path, e))?;
         core.limits = raw.limits;
         let core = core
             .with_policies(&raw.addresses)
@@ -382,6 +409,33 @@ mod tests {
         let http = c.listeners.iter().find(|l| l.name == "http").unwrap();
         assert!(!http.enabled);
         assert_eq!(http.bind.port(), 8080);
+    }
+
+    #[test]
+    fn users_acl_and_anonymous() {
+        let c = Config::defaults().unwrap();
+        assert!(c.core.auth.anonymous, "no users: anonymous on");
+        let hash = switchyard_core::auth::hash_password(b"pw").unwrap();
+        let c = Config::from_toml(&format!(
+            "[[users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n[[acl]]\nuser = \"alice\"\naddresses = [\"sensors.#\"]\nverbs = [\"publish\"]\n"
+        ))
+        .unwrap();
+        assert!(!c.core.auth.anonymous, "users: anonymous off");
+        assert_eq!(c.core.auth.users.len(), 1);
+        assert_eq!(c.core.auth.acl.len(), 1);
+        let c = Config::from_toml(&format!(
+            "[auth]\nanonymous = true\n[[users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n"
+        ))
+        .unwrap();
+        assert!(c.core.auth.anonymous);
+        let e =
+            Config::from_toml("[[users]]\nname = \"a\"\npassword_hash = \"secret\"\n").unwrap_err();
+        assert_eq!(e.path, "users[0].password_hash");
+        let e = Config::from_toml("[[acl]]\naddresses = [\"a\"]\nverbs = [\"fly\"]\n").unwrap_err();
+        assert!(e.path.starts_with("acl"), "{e}");
+        let e = Config::from_toml("[[acl]]\naddresses = [\"a..b\"]\nverbs = [\"publish\"]\n")
+            .unwrap_err();
+        assert_eq!(e.path, "acl[0].addresses");
     }
 
     #[test]

@@ -6,6 +6,10 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// IP addresses whose connection rate is tracked at once.
+const MAX_RATE_ENTRIES: usize = 100_000;
 
 #[derive(Debug, Default)]
 pub(crate) struct ProtocolCounters {
@@ -20,6 +24,10 @@ pub(crate) struct Admission {
     max_per_ip: u64,
     total: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, u64>>,
+    /// New connections per second per IP (0: unlimited), and each IP's
+    /// token bucket: (tokens, last refill).
+    rate_per_ip: u32,
+    rates: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     pub(crate) by_protocol: HashMap<&'static str, ProtocolCounters>,
 }
 
@@ -30,6 +38,8 @@ impl Admission {
             max_per_ip,
             total: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            rate_per_ip: 0,
+            rates: Mutex::new(HashMap::new()),
             by_protocol: protocols
                 .iter()
                 .map(|p| (*p, ProtocolCounters::default()))
@@ -37,10 +47,45 @@ impl Admission {
         }
     }
 
+    /// Limits new connections per second from one IP address (0: none).
+    pub(crate) fn with_rate_per_ip(mut self, rate: u32) -> Self {
+        self.rate_per_ip = rate;
+        self
+    }
+
+    /// Takes a token from `ip`'s bucket; false when it is empty.
+    fn rate_ok(&self, ip: IpAddr) -> bool {
+        if self.rate_per_ip == 0 {
+            return true;
+        }
+        let rate = f64::from(self.rate_per_ip);
+        let now = Instant::now();
+        let mut rates = self.rates.lock();
+        if rates.len() >= MAX_RATE_ENTRIES && !rates.contains_key(&ip) {
+            // Buckets idle for a second are full again: forget them.
+            rates.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(1));
+        }
+        let (tokens, at) = rates.entry(ip).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Admits a connection, or refuses it when a cap is reached. The guard
     /// releases the slot when dropped.
     pub(crate) fn admit(self: &Arc<Self>, protocol: &'static str, ip: IpAddr) -> Option<Admitted> {
         let counters = self.by_protocol.get(protocol);
+        if !self.rate_ok(ip) {
+            if let Some(c) = counters {
+                c.refused.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             if let Some(c) = counters {
@@ -123,6 +168,19 @@ impl Drop for Admitted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_rate_per_ip() {
+        let a = Arc::new(Admission::new(1000, 1000, &["x"]).with_rate_per_ip(3));
+        let ip1: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip2: IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| a.admit("x", ip1).unwrap()).collect();
+        assert!(a.admit("x", ip1).is_none(), "burst spent");
+        assert!(a.admit("x", ip2).is_some(), "another IP has its own bucket");
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(a.admit("x", ip1).is_some(), "refilled");
+        drop(held);
+    }
 
     #[test]
     fn caps_total_and_per_ip() {

@@ -82,6 +82,7 @@ pub(crate) async fn serve(s: Serve) {
         socket: s.socket,
         admission: s.ctx.admission.clone(),
         write_timeout: api.config().write_timeout.get(),
+        handshake_timeout: s.ctx.broker.config().limits.handshake_timeout.get(),
         switch: switch.clone(),
     };
     let state = AppState {

@@ -54,6 +54,9 @@ pub(crate) struct HttpListener {
     pub(crate) socket: TcpListener,
     pub(crate) admission: Arc<Admission>,
     pub(crate) write_timeout: Duration,
+    /// A connection that sends nothing for this long is closed
+    /// (`limits.handshake_timeout`).
+    pub(crate) handshake_timeout: Duration,
     pub(crate) switch: Arc<KillSwitch>,
 }
 
@@ -87,6 +90,8 @@ impl axum::serve::Listener for HttpListener {
                 stalled: false,
                 switch: self.switch.clone(),
                 kill: None,
+                silent: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
+                read_early: 0,
             };
             return (io, peer);
         }
@@ -108,7 +113,19 @@ pub(crate) struct HttpIo {
     switch: Arc<KillSwitch>,
     /// Made once the listener is stopping and the I/O is pending.
     kill: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The handshake deadline: until the first response is written (or a
+    /// body larger than any header block is being read), reads must not
+    /// stall past it — a silent client, or one that dribbles its request
+    /// headers a byte at a time (slowloris), is closed.
+    silent: Option<Pin<Box<Sleep>>>,
+    /// Bytes read while `silent` is armed.
+    read_early: usize,
 }
+
+/// Past this many bytes read before the first response, the client is
+/// sending a body (hyper refuses header blocks far smaller): the handshake
+/// deadline no longer applies.
+const HEADER_BOUND: usize = 1024 * 1024;
 
 fn killed() -> io::Error {
     io::Error::new(
@@ -140,6 +157,8 @@ impl HttpIo {
     }
 
     fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        // A response is going out: the first request arrived whole.
+        self.silent = None;
         match r {
             Poll::Ready(r) => {
                 self.stalled = false;
@@ -175,9 +194,28 @@ impl AsyncRead for HttpIo {
         if self.is_killed() {
             return Poll::Ready(Err(killed()));
         }
+        let before = buf.filled().len();
         match Pin::new(&mut self.tcp).poll_read(cx, buf) {
-            Poll::Pending => self.check_kill(cx).map(Err),
-            ready => ready,
+            Poll::Pending => {
+                if let Some(silent) = self.silent.as_mut()
+                    && silent.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "closed: no complete request within the handshake timeout",
+                    )));
+                }
+                self.check_kill(cx).map(Err)
+            }
+            ready => {
+                if self.silent.is_some() {
+                    self.read_early += buf.filled().len() - before;
+                    if self.read_early > HEADER_BOUND {
+                        self.silent = None;
+                    }
+                }
+                ready
+            }
         }
     }
 }

@@ -102,13 +102,25 @@ impl Server {
         } else {
             Broker::new(config.core.clone())
         };
+        if config.core.auth.anonymous {
+            if config.core.auth.users.is_empty() {
+                tracing::warn!(
+                    "no [[users]] configured: every client is let in without credentials (anonymous access)"
+                );
+            } else {
+                tracing::warn!("[auth] anonymous = true: clients without credentials are let in");
+            }
+        }
         let protocols: Vec<&'static str> = registry::PROTOCOLS.iter().map(|p| p.name).collect();
         let limits = &config.core.limits;
-        let admission = Arc::new(Admission::new(
-            limits.max_connections,
-            limits.max_connections_per_ip,
-            &protocols,
-        ));
+        let admission = Arc::new(
+            Admission::new(
+                limits.max_connections,
+                limits.max_connections_per_ip,
+                &protocols,
+            )
+            .with_rate_per_ip(limits.connection_rate_per_ip),
+        );
         let ctx = Arc::new(Ctx {
             broker: broker.clone(),
             admission,

@@ -37,11 +37,38 @@ enum Command {
     /// List the protocols this binary serves: name, standard port and
     /// WebSocket path, one per line.
     Protocols,
+    /// Read a password (or token) from stdin — its first line, without the
+    /// line ending — and print its Argon2id hash for `[[users]]`
+    /// `password_hash` / `token_hash`.
+    Passwd,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Passwd => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("error: cannot read stdin: {e}");
+                return ExitCode::from(1);
+            }
+            let secret = line.strip_suffix('\n').unwrap_or(&line);
+            let secret = secret.strip_suffix('\r').unwrap_or(secret);
+            if secret.is_empty() {
+                eprintln!("error: empty password");
+                return ExitCode::from(1);
+            }
+            match switchyard_core::auth::hash_password(secret.as_bytes()) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Protocols => {
             for p in switchyard::registry::PROTOCOLS {
                 let ws = p.websocket.map_or("-", |w| w.path);

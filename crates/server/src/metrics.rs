@@ -68,6 +68,7 @@ pub(crate) fn render(ctx: &Ctx) -> String {
     }
 
     traffic(&mut out, ctx, &protocols);
+    security(&mut out, ctx, &protocols);
 
     let s = ctx.broker.stats();
     let t = &s.queue_totals;
@@ -328,5 +329,46 @@ fn traffic(
         for (p, _) in protocols {
             let _ = writeln!(out, "{name}{{protocol=\"{p}\"}} {}", pick(&of(p)));
         }
+    }
+}
+
+/// ACL denials per protocol and verb, failed logins per protocol.
+fn security(
+    out: &mut String,
+    ctx: &Ctx,
+    protocols: &[(&&'static str, &crate::conns::ProtocolCounters)],
+) {
+    family(
+        out,
+        "switchyard_acl_denied_total",
+        "counter",
+        "Operations refused by the ACL, per protocol and verb.",
+    );
+    let denials = ctx.broker.acl_denials();
+    for (p, _) in protocols {
+        for verb in switchyard_core::Verb::ALL {
+            let n = denials
+                .iter()
+                .find(|(dp, dv, _)| dp == *p && *dv == verb)
+                .map_or(0, |d| d.2);
+            let _ = writeln!(
+                out,
+                "switchyard_acl_denied_total{{protocol=\"{p}\",verb=\"{verb}\"}} {n}"
+            );
+        }
+    }
+    family(
+        out,
+        "switchyard_auth_failures_total",
+        "counter",
+        "Failed logins (bad credentials, or none when anonymous access is off).",
+    );
+    let failures = ctx.broker.auth_failures();
+    for (p, _) in protocols {
+        let n = failures.iter().find(|(fp, _)| fp == *p).map_or(0, |f| f.1);
+        let _ = writeln!(
+            out,
+            "switchyard_auth_failures_total{{protocol=\"{p}\"}} {n}"
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! SASL authentication of `connection.start-ok`.
 //!
-//! [`authenticate`] is the one place credentials are checked. Users and ACLs
-//! are issue 10's work; until then every well-formed PLAIN or AMQPLAIN
-//! response is accepted whatever the user name and password, and the user
-//! name is kept for logs. Issue 10 replaces the body of [`authenticate`]
-//! (and may pass it the broker's user table).
+//! [`parse`] reads the PLAIN or AMQPLAIN response; the driver hands the
+//! user name and password to the broker's authenticator
+//! (`Broker::authenticate`, async: hashing runs off the runtime's workers,
+//! failures are answered after a back-off) before the frame reaches the
+//! connection state machine, which then answers `connection.tune` or closes
+//! with 403 ACCESS_REFUSED (RabbitMQ's `authentication_failure_close`). A
+//! client certificate verified by a TLS listener logs in by itself.
 
 use crate::codec::Reader;
 use bytes::Bytes;
@@ -25,14 +27,18 @@ pub enum AuthError {
     Refused(String),
 }
 
-/// Checks a SASL response and returns the authenticated user name.
+/// Checks a SASL response's form and returns the user name it presents.
 pub fn authenticate(mechanism: &str, response: &Bytes) -> Result<String, AuthError> {
-    let (user, _password) = match mechanism {
-        "PLAIN" => parse_plain(response)?,
-        "AMQPLAIN" => parse_amqplain(response)?,
-        other => return Err(AuthError::UnknownMechanism(other.to_owned())),
-    };
-    Ok(user)
+    parse(mechanism, response).map(|(user, _)| user)
+}
+
+/// The user name and password of a SASL response.
+pub fn parse(mechanism: &str, response: &Bytes) -> Result<(String, String), AuthError> {
+    match mechanism {
+        "PLAIN" => parse_plain(response),
+        "AMQPLAIN" => parse_amqplain(response),
+        other => Err(AuthError::UnknownMechanism(other.to_owned())),
+    }
 }
 
 /// PLAIN (RFC 4616): `[authzid] NUL authcid NUL password`.

@@ -16,7 +16,7 @@
 //! stalled for `write_timeout` closes the connection; after sending
 //! `connection.close` we wait [`CLOSE_TIMEOUT`] for `close-ok`.
 
-use crate::codec::{AmqpCodec, DecodeError, encode_heartbeat};
+use crate::codec::{AmqpCodec, DecodeError, Frame, encode_heartbeat};
 use crate::config::AmqpConfig;
 use crate::session::{Conn, Params, Phase};
 use bytes::BytesMut;
@@ -49,6 +49,8 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
         id,
         stream,
         shutdown,
+        peer,
+        tls_identity,
         ..
     } = conn;
     let limits = broker.config().limits.clone();
@@ -187,7 +189,16 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
                         if discard {
                             rbuf.clear();
                         } else {
-                            decode_all(&mut c, &mut codec, &mut rbuf, &mut discard);
+                            let mut login = decode_all(&mut c, &mut codec, &mut rbuf, &mut discard, (peer.map(|p| p.ip()), tls_identity.as_deref()));
+                            while let Some((frame, creds)) = login.take() {
+                                // Nothing after start-ok is read until the
+                                // authenticator answered.
+                                // Boxed: the login future would otherwise live in every
+                                // connection future for the connection's life.
+                                c.set_login(Box::pin(broker.authenticate(creds)).await);
+                                c.on_frame(frame);
+                                login = decode_all(&mut c, &mut codec, &mut rbuf, &mut discard, (peer.map(|p| p.ip()), tls_identity.as_deref()));
+                            }
                         }
                         // A quiet connection gives its read buffer back (the
                         // decoded frames keep what they use); a busy one
@@ -281,22 +292,34 @@ async fn write_or_flush<W: tokio::io::AsyncWrite + Unpin>(
     }
 }
 
-fn decode_all(c: &mut Conn, codec: &mut AmqpCodec, rbuf: &mut BytesMut, discard: &mut bool) {
+/// Decodes and applies every complete frame; stops at a
+/// `connection.start-ok`, returned with its credentials for the
+/// authenticator.
+fn decode_all(
+    c: &mut Conn,
+    codec: &mut AmqpCodec,
+    rbuf: &mut BytesMut,
+    discard: &mut bool,
+    who: (Option<std::net::IpAddr>, Option<&str>),
+) -> Option<(Frame, switchyard_core::Credentials)> {
     // Publishes from one read wake each receiving connection once, at the end.
     let _batch = switchyard_core::WakeBatch::new();
     loop {
         if c.phase == Phase::Closed {
             rbuf.clear();
-            return;
+            return None;
         }
         match codec.decode(rbuf) {
             Ok(Some(frame)) => {
+                if let Some(creds) = c.login_credentials(&frame, who.0, who.1) {
+                    return Some((frame, creds));
+                }
                 c.on_frame(frame);
                 if codec.frame_max() != c.frame_max {
                     codec.set_frame_max(c.frame_max);
                 }
             }
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(e) => {
                 let e = match e {
                     crate::codec::CodecError::Decode(d) => d,
@@ -306,7 +329,7 @@ fn decode_all(c: &mut Conn, codec: &mut AmqpCodec, rbuf: &mut BytesMut, discard:
                 c.on_decode_error(&e);
                 *discard = true;
                 rbuf.clear();
-                return;
+                return None;
             }
         }
     }

@@ -352,6 +352,8 @@ pub struct Conn {
     next_epoch: u64,
     /// The authenticated user (for logs).
     pub user: Option<String>,
+    /// The authenticator's answer for `connection.start-ok` (from the driver).
+    login: Option<Result<switchyard_core::Principal, switchyard_core::AuthError>>,
     blocked: bool,
     /// The connection has published: it is held back while the broker
     /// blocks publishers.
@@ -377,6 +379,7 @@ impl Conn {
             confirm_dirty: SmallVec::new(),
             next_epoch: 0,
             user: None,
+            login: None,
             blocked: false,
             publisher: false,
         }
@@ -515,6 +518,44 @@ impl Conn {
     }
 
     /// One frame from the client.
+    /// The credentials of a `connection.start-ok` awaiting the
+    /// authenticator (the driver authenticates, then calls [`Self::set_login`]
+    /// and [`Self::on_frame`]); `None` for any other frame.
+    pub fn login_credentials(
+        &self,
+        frame: &Frame,
+        peer: Option<std::net::IpAddr>,
+        tls_identity: Option<&str>,
+    ) -> Option<switchyard_core::Credentials> {
+        if self.phase != Phase::AwaitStartOk {
+            return None;
+        }
+        let Frame::Method {
+            channel: 0,
+            method: Method::ConnectionStartOk(m),
+        } = frame
+        else {
+            return None;
+        };
+        let (user, pass) = auth::parse(m.mechanism.to_str().unwrap_or(""), &m.response).ok()?;
+        Some(switchyard_core::Credentials {
+            protocol: "amqp",
+            user: Some(user),
+            password: Some(pass.into_bytes()),
+            token: None,
+            tls_identity: tls_identity.map(str::to_owned),
+            peer,
+        })
+    }
+
+    /// The authenticator's answer for the coming `connection.start-ok`.
+    pub fn set_login(
+        &mut self,
+        login: Result<switchyard_core::Principal, switchyard_core::AuthError>,
+    ) {
+        self.login = Some(login);
+    }
+
     pub fn on_frame(&mut self, frame: Frame) {
         let channel = frame.channel();
         if let Err(e) = self.dispatch(frame) {
@@ -607,7 +648,27 @@ impl Conn {
                 }
                 let mechanism = m.mechanism.to_str().unwrap_or("");
                 match auth::authenticate(mechanism, &m.response) {
-                    Ok(user) => self.user = Some(user),
+                    Ok(user) => {
+                        let answer = self.login.take().unwrap_or_else(|| {
+                            if self.session.broker().anonymous_allowed() {
+                                Ok(switchyard_core::Principal::anonymous())
+                            } else {
+                                Err(switchyard_core::AuthError::Required)
+                            }
+                        });
+                        match answer {
+                            Ok(p) => self.session.set_principal(&p),
+                            Err(_) => {
+                                return Err(AmqpError::conn(
+                                    ACCESS_REFUSED,
+                                    format!(
+                                        "ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}"
+                                    ),
+                                ));
+                            }
+                        }
+                        self.user = Some(user);
+                    }
                     Err(auth::AuthError::UnknownMechanism(x)) => {
                         return Err(AmqpError::conn(
                             COMMAND_INVALID,

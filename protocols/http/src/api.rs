@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use switchyard_core::{
     Broker, DeclareQueue, Flow, Overflow, Published, QueueOptions, Subscribe, SubscriptionKind,
-    Traffic, WakeBatch,
+    Traffic, Verb, WakeBatch,
 };
 use switchyard_model::{AddressFilter, Message, Origin, Str};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -239,8 +239,12 @@ async fn publish_topic(State(api): St, req: Request) -> Response {
     let result = async {
         api.check_open()?;
         api.check_flow()?;
+        let who = crate::auth::login(&api.broker, &parts).await?;
         let address = segment(parts.uri.path(), "/v1/topics/", "")?;
         let address = mapping::address(&address)?;
+        api.broker
+            .authorizer("http", &who)
+            .check(Verb::Publish, address.as_str())?;
         let params = mapping::publish_params(parts.uri.query())?;
         let template = Message::multicast(&address, Bytes::new());
         api.publish(template, params, &parts.headers, body).await
@@ -254,9 +258,16 @@ async fn publish_queue(State(api): St, req: Request) -> Response {
     let result = async {
         api.check_open()?;
         api.check_flow()?;
+        let who = crate::auth::login(&api.broker, &parts).await?;
         let name = segment(parts.uri.path(), "/v1/queues/", "")?;
         mapping::check_queue_name(&name)?;
         let params = mapping::publish_params(parts.uri.query())?;
+        let acl = api.broker.authorizer("http", &who);
+        acl.check(Verb::Publish, &name)?;
+        if acl.is_active() && !api.broker.queue_exists(&name) {
+            // Creating the queue on first use is managing it.
+            acl.check(Verb::Manage, &name)?;
+        }
         api.ensure_queue(&name)?;
         let template = Message::anycast(&name, Bytes::new());
         api.publish(template, params, &parts.headers, body).await
@@ -447,6 +458,12 @@ impl Api {
 }
 
 async fn events(State(api): St, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let who = match crate::auth::login(&api.broker, &parts).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let req = Request::from_parts(parts, Body::empty());
     let result = (|| {
         api.check_open()?;
         let filter = segment(req.uri().path(), "/v1/topics/", "/events")?;
@@ -459,6 +476,7 @@ async fn events(State(api): St, req: Request) -> Response {
             ));
         }
         let mut session = api.broker.session("http", api.broker.next_conn_id());
+        session.set_principal(&who);
         let pending = api.config.sse_max_pending.bytes();
         session.subscribe(Subscribe {
             filter: filter.clone(),
@@ -497,8 +515,12 @@ async fn poll(State(api): St, req: Request) -> Response {
     let (parts, _) = req.into_parts();
     let result = async {
         api.check_open()?;
+        let who = crate::auth::login(&api.broker, &parts).await?;
         let name = segment(parts.uri.path(), "/v1/queues/", "/messages")?;
         mapping::check_queue_name(&name)?;
+        api.broker
+            .authorizer("http", &who)
+            .check(Verb::Consume, &name)?;
         let p = mapping::poll_params(parts.uri.query(), &api.poll)?;
         let got = api.consumers.poll(&name, p, &api.stop).await?;
         let mut out = Vec::with_capacity(64 + got.len() * 256);
@@ -542,8 +564,12 @@ async fn settle(State(api): St, req: Request, negative: bool) -> Response {
     let result = async {
         api.check_open()?;
         let suffix = if negative { "/nack" } else { "/ack" };
+        let who = crate::auth::login(&api.broker, &parts).await?;
         let name = segment(parts.uri.path(), "/v1/queues/", suffix)?;
         mapping::check_queue_name(&name)?;
+        api.broker
+            .authorizer("http", &who)
+            .check(Verb::Consume, &name)?;
         if !api.broker.queue_exists(&name) {
             return Err(ApiError::no_queue(&name));
         }

@@ -16,6 +16,8 @@ pub struct ApiError {
     pub detail: String,
     /// Extra members of the JSON body, already encoded (`"k":v,...`).
     pub extra: String,
+    /// A 401 that carries the `WWW-Authenticate` challenge.
+    pub challenge: bool,
 }
 
 impl ApiError {
@@ -25,6 +27,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             extra: String::new(),
+            challenge: false,
         }
     }
 
@@ -117,6 +120,12 @@ impl IntoResponse for ApiError {
         );
         if retry {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.challenge {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(crate::auth::CHALLENGE),
+            );
         }
         r
     }

@@ -22,6 +22,7 @@
 //! (JSON errors). The full contract is in `docs/protocols/http.md`.
 
 mod api;
+pub mod auth;
 mod config;
 pub mod consume;
 pub mod error;

@@ -35,7 +35,7 @@ use std::time::Duration;
 use switchyard_core::spi::{AdapterError, Connection, Stream};
 use switchyard_core::{
     Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, ParkTicket, QueueOptions,
-    Session, SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind,
+    Session, SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind, Verb,
 };
 use switchyard_model::{ConnId, ConsumerId, Headers, Message, Origin, Str, now_millis};
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -274,6 +274,9 @@ struct Conn {
     /// A persistent session on a broker with a journal: its state is
     /// written to the state store (see [`crate::persist`]).
     journaled: bool,
+    /// What the ACL lets the client do, and who it logged in as (for the
+    /// receiving side's session); `None` when no ACL is configured.
+    acl: Option<Box<(switchyard_core::Authorizer, switchyard_core::Principal)>>,
 }
 
 /// Serves one connection from its first byte to its end.
@@ -305,6 +308,7 @@ async fn open(
         stream,
         shutdown,
         peer,
+        tls_identity,
         ..
     } = *conn;
     let mut io = Io {
@@ -357,17 +361,36 @@ async fn open(
             "enhanced authentication is not supported".into(),
         ));
     }
-    if let Err(code) = auth::authenticate(
+    let principal = match auth::authenticate(
         &broker,
         &Credentials {
             client_id: &connect.client_id,
             username: connect.username.as_deref(),
             password: connect.password.as_deref(),
             peer,
+            tls_identity: tls_identity.as_deref(),
         },
-    ) {
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(code) => {
+            connack_and_close(&mut io, version, refuse(code.v3, code.v5)).await;
+            return Err(AdapterError::Protocol("authentication failed".into()));
+        }
+    };
+    // A will is a publication too: its topic must be allowed (as Mosquitto
+    // refuses the CONNECT otherwise).
+    if let Some(will) = &connect.will
+        && let Ok(address) = topic::topic_to_address(&will.topic)
+        && broker
+            .authorizer("mqtt", &principal)
+            .check(Verb::Publish, &address)
+            .is_err()
+    {
+        let code = auth::NOT_AUTHORIZED;
         connack_and_close(&mut io, version, refuse(code.v3, code.v5)).await;
-        return Err(AdapterError::Protocol("authentication failed".into()));
+        return Err(AdapterError::Protocol("will topic not authorized".into()));
     }
     if connect.client_id.len() > cfg.max_client_id_len {
         connack_and_close(
@@ -497,6 +520,9 @@ async fn open(
                 },
             )
         });
+        // The session queue is the connection's own bookkeeping: declared
+        // and consumed before the ACL applies; its bindings are checked.
+        session.set_principal(&principal);
         match consumed {
             Ok(c) => s.queue_consumer = Some(c),
             Err(e) => {
@@ -585,6 +611,10 @@ async fn open(
         last_topic: None,
         acks: VecDeque::new(),
         journaled: persistent && journal(),
+        acl: {
+            let a = broker.authorizer("mqtt", &principal);
+            a.is_active().then(|| Box::new((a, principal)))
+        },
     });
     if c.journaled {
         c.save_session();
@@ -1133,8 +1163,14 @@ impl Conn {
     /// The receiving side, opened on first use.
     fn sub(&mut self) -> &mut Subscriber {
         let (broker, id, aliases) = (&self.broker, self.conn_id, self.out_alias_max);
-        self.sub
-            .get_or_insert_with(|| Subscriber::new(broker.session("mqtt", id), aliases))
+        let principal = self.acl.as_deref().map(|a| &a.1);
+        self.sub.get_or_insert_with(|| {
+            let mut session = broker.session("mqtt", id);
+            if let Some(p) = principal {
+                session.set_principal(p);
+            }
+            Subscriber::new(session, aliases)
+        })
     }
 
     /// The answer to a QoS 1/2 publication that is not routed.
@@ -1234,6 +1270,22 @@ impl Conn {
                 self.refuse_publish(&p, reason::NOT_AUTHORIZED);
                 return Ok(());
             }
+        }
+        if let Some(acl) = &self.acl
+            && acl.0.check(Verb::Publish, &address).is_err()
+        {
+            // Checked before anything, the retained store included.
+            // MQTT 3.1.1 has no way to refuse one publication: the
+            // connection is closed (as Mosquitto does). 5.0 answers 0x87
+            // (QoS 1/2) or disconnects with 0x87 (QoS 0) [MQTT-3.3.5].
+            if !self.v5 || p.qos == QoS::AtMostOnce {
+                return Err(Close::protocol(
+                    reason::NOT_AUTHORIZED,
+                    "publication not authorized",
+                ));
+            }
+            self.refuse_publish(&p, reason::NOT_AUTHORIZED);
+            return Ok(());
         }
         let msg = match mapping::to_message(address.clone(), &p, self.v5, now_millis()) {
             Ok(m) => m,
@@ -1428,6 +1480,10 @@ impl Conn {
             Err(CoreError::ResourceLimit(e)) => {
                 tracing::debug!(error = %e, "subscription refused");
                 return Ok(reason::QUOTA_EXCEEDED);
+            }
+            Err(CoreError::AccessRefused(e)) => {
+                tracing::debug!(error = %e, "subscription not authorized");
+                return Ok(reason::NOT_AUTHORIZED);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "subscription failed");

@@ -89,6 +89,8 @@ impl ProtocolAdapter for NatsAdapter {
             pings_out: 0,
             expired: Vec::new(),
             publisher: false,
+            peer: conn.peer.map(|p| p.ip()),
+            tls_identity: conn.tls_identity.clone(),
         };
         let info = st.info_json(&conn, max_payload);
         codec::encode_info(&mut st.wbuf, info.as_bytes());
@@ -143,10 +145,17 @@ impl Default for ConnectOptions {
     }
 }
 
-/// Checks a client's credentials. Every client is accepted until users and
-/// ACLs land (the security issue plugs in here).
-fn authenticate(_opts: &ConnectOptions) -> Result<(), &'static str> {
-    Ok(())
+/// What CONNECT presented, for the broker's authenticator: `user`/`pass`,
+/// `auth_token`, or a verified client certificate.
+fn credentials(opts: &ConnectOptions, st: &State<'_>) -> switchyard_core::Credentials {
+    switchyard_core::Credentials {
+        protocol: "nats",
+        user: opts.user.clone(),
+        password: opts.pass.as_ref().map(|p| p.as_bytes().to_vec()),
+        token: opts.auth_token.clone(),
+        tls_identity: st.tls_identity.clone(),
+        peer: st.peer,
+    }
 }
 
 #[derive(Debug)]
@@ -164,6 +173,8 @@ enum Flow {
     Close(AdapterError),
     /// The peer closed.
     Eof,
+    /// A CONNECT to authenticate before reading on.
+    Authenticate(Box<ConnectOptions>),
 }
 
 /// The read side: buffer and parser.
@@ -191,6 +202,8 @@ struct State<'a> {
     /// This connection has published: it is held back while the broker
     /// blocks publishers (memory or disk watermark).
     publisher: bool,
+    peer: Option<std::net::IpAddr>,
+    tls_identity: Option<String>,
 }
 
 struct Conn<'a> {
@@ -267,6 +280,16 @@ impl Conn<'_> {
                     Err(e) => Flow::Close(AdapterError::Io(e)),
                 },
             };
+            let mut turn = turn;
+            while let Flow::Authenticate(opts) = turn {
+                // Nothing after the CONNECT is read until it is answered.
+                let creds = credentials(&opts, &self.st);
+                let result = Box::pin(self.st.session.broker().authenticate(creds)).await;
+                turn = match self.st.connected_as(*opts, result) {
+                    Flow::Continue => self.on_read(),
+                    other => other,
+                };
+            }
             match turn {
                 Flow::Continue => self.st.flush(&mut stream, write_deadline).await?,
                 Flow::Eof => return Ok(()),
@@ -275,6 +298,7 @@ impl Conn<'_> {
                     let _ = stream.shutdown().await;
                     return Err(e);
                 }
+                Flow::Authenticate(_) => {}
             }
             let rbuf = &mut self.reader.rbuf;
             if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
@@ -298,11 +322,10 @@ impl Conn<'_> {
                     drain_ready(&mut self.st, &mut self.deliveries);
                     self.st.wbuf.extend_from_slice(codec::PONG);
                 }
-                Ok(Some(op)) => {
-                    if let Flow::Close(e) = self.st.on_op(op) {
-                        return Flow::Close(e);
-                    }
-                }
+                Ok(Some(op)) => match self.st.on_op(op) {
+                    Flow::Continue => {}
+                    other => return other,
+                },
                 Ok(None) => return Flow::Continue,
                 Err(e) => {
                     codec::encode_err(&mut self.st.wbuf, e.err_text());
@@ -343,7 +366,7 @@ impl State<'_> {
             "max_payload": max_payload,
             "client_id": conn.id.get(),
             "client_ip": conn.peer.map(|p| p.ip().to_string()),
-            "auth_required": false,
+            "auth_required": !self.session.broker().anonymous_allowed(),
             "tls_required": false,
             "tls_available": false,
         })
@@ -459,8 +482,18 @@ impl State<'_> {
         if opts.no_responders && !opts.headers {
             return self.close_with("no responders requires headers support");
         }
-        if authenticate(&opts).is_err() {
-            return self.close_with("Authorization Violation");
+        Flow::Authenticate(Box::new(opts))
+    }
+
+    /// After the authenticator answered a CONNECT.
+    fn connected_as(
+        &mut self,
+        opts: ConnectOptions,
+        result: Result<switchyard_core::Principal, switchyard_core::AuthError>,
+    ) -> Flow {
+        match result {
+            Ok(p) => self.session.set_principal(&p),
+            Err(_) => return self.close_with("Authorization Violation"),
         }
         if let Some(name) = &opts.name {
             tracing::Span::current().record("client_id", name.as_str());

@@ -18,7 +18,8 @@
 //! connection before the client has read the ERROR: 1.2 §Connection
 //! Lingering).
 
-use crate::codec::FrameDecoder;
+use crate::auth;
+use crate::codec::{Command, FrameDecoder};
 use crate::config::StompConfig;
 use crate::session::{HeartBeat, Output, PROTOCOL, Step, StompError, StompSession};
 use bytes::{BufMut, BytesMut};
@@ -177,6 +178,8 @@ pub(crate) async fn serve(
         id,
         stream,
         shutdown,
+        peer,
+        tls_identity,
         ..
     } = conn;
     let mut core = broker.session(PROTOCOL, id);
@@ -203,10 +206,25 @@ pub(crate) async fn serve(
 
     loop {
         // Publishes from one read wake each receiving connection once, at the end.
-        let batch = switchyard_core::WakeBatch::new();
+        let mut batch = Some(switchyard_core::WakeBatch::new());
         while end.is_none() && out.pending.len() < MAX_PENDING_RECEIPTS {
             match dec.decode(&mut io.rbuf) {
                 Ok(Some(frame)) => {
+                    if !st.is_connected()
+                        && matches!(frame.command, Command::Connect | Command::Stomp)
+                    {
+                        // The authenticator may wait (hashing, back-off):
+                        // nothing is pending in the batch before CONNECT.
+                        drop(batch.take());
+                        let creds = auth::credentials(
+                            frame.header("login"),
+                            frame.header("passcode"),
+                            peer.map(|p| p.ip()),
+                            tls_identity.as_deref(),
+                        );
+                        st.set_login(Box::pin(broker.authenticate(creds)).await);
+                        batch = Some(switchyard_core::WakeBatch::new());
+                    }
                     match st.on_frame(frame, &mut core, &mut out) {
                         Step::Continue => {}
                         Step::Close => end = Some(End::Error),

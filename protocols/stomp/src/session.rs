@@ -190,6 +190,8 @@ pub struct StompSession {
     heart_beat: HeartBeat,
     client_id: Option<String>,
     principal: Option<Principal>,
+    /// The authenticator's answer for the coming CONNECT (set by the driver).
+    login: Option<auth::Login>,
     subs: Map<ConsumerId, Subscription>,
     sub_ids: Map<Text, ConsumerId>,
     txs: Map<Text, OpenTx>,
@@ -249,6 +251,7 @@ impl StompSession {
             heart_beat: HeartBeat::default(),
             client_id: None,
             principal: None,
+            login: None,
             subs: Map::default(),
             sub_ids: Map::default(),
             txs: Map::default(),
@@ -279,6 +282,11 @@ impl StompSession {
     /// The authenticated principal (after CONNECT).
     pub fn principal(&self) -> Option<&Principal> {
         self.principal.as_ref()
+    }
+
+    /// Gives the authenticator's answer for the CONNECT about to be applied.
+    pub fn set_login(&mut self, login: auth::Login) {
+        self.login = Some(login);
     }
 
     /// Applies one frame. On a violation the ERROR is already in `out`.
@@ -447,12 +455,9 @@ impl StompSession {
         } else {
             (0, 0)
         };
-        let principal = auth::authenticate(
-            core.broker(),
-            frame.header("login"),
-            frame.header("passcode"),
-        )
-        .map_err(|e| StompError::new("access refused", format!("login refused: {e}")))?;
+        let principal = auth::authenticate(core.broker(), frame.header("login"), self.login.take())
+            .map_err(|e| StompError::new("access refused", format!("login refused: {e}")))?;
+        core.set_principal(&principal.user);
         let sx = millis(self.config.heart_beat_send.get());
         let sy = millis(self.config.heart_beat_receive.get());
         self.heart_beat = HeartBeat {
