@@ -1,10 +1,12 @@
 //! The accept loop of a stream listener: admission (connection caps),
-//! `TCP_NODELAY`, one task and one tracing span per connection.
+//! `TCP_NODELAY`, the TLS handshake (bounded by `limits.handshake_timeout`,
+//! on the connection's own task), one task and one tracing span per
+//! connection.
 
 use crate::Ctx;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_core::spi::{Connection, ProtocolAdapter, Transport};
+use switchyard_core::spi::{Connection, ProtocolAdapter, StartTls, Stream, Transport, Upgraded};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,6 +21,10 @@ pub(crate) struct Accept {
     pub(crate) stop: CancellationToken,
     pub(crate) close: CancellationToken,
     pub(crate) connections: TaskTracker,
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+    /// The protocol starts TLS after its greeting (see `registry::Protocol`).
+    pub(crate) tls_after_greeting: bool,
+    pub(crate) handshake_timeout: Duration,
 }
 
 pub(crate) async fn accept_loop(a: Accept) {
@@ -47,16 +53,6 @@ pub(crate) async fn accept_loop(a: Accept) {
         }
         let local = stream.local_addr().ok();
         let id = a.ctx.broker.next_conn_id();
-        let conn = Connection {
-            id,
-            listener: a.name.clone(),
-            peer: Some(peer),
-            local,
-            transport: Transport::Tcp,
-            tls_identity: None,
-            stream: Box::new(stream),
-            shutdown: a.close.child_token(),
-        };
         let adapter = a.adapter.clone();
         let broker = a.ctx.broker.clone();
         let span = tracing::info_span!(
@@ -64,11 +60,60 @@ pub(crate) async fn accept_loop(a: Accept) {
             protocol = a.protocol,
             conn_id = id.get(),
             %peer,
-            client_id = tracing::field::Empty
+            client_id = tracing::field::Empty,
+            tls_identity = tracing::field::Empty
         );
+        let listener = a.name.clone();
+        let shutdown = a.close.child_token();
+        let tls = a.tls.clone();
+        let after_greeting = a.tls_after_greeting;
+        let timeout = a.handshake_timeout;
         a.connections.spawn(
             async move {
                 let _slot = slot;
+                let stream: Box<dyn Stream> = Box::new(stream);
+                let (stream, transport, tls_identity, start_tls) = match tls {
+                    None => (stream, Transport::Tcp, None, None),
+                    Some(tls) if after_greeting => {
+                        let required = !tls.section().allow_non_tls;
+                        let start = StartTls::new(
+                            required,
+                            Box::new(move |s| {
+                                Box::pin(async move {
+                                    let a = tls.accept(s, timeout).await?;
+                                    note_identity(a.identity.as_deref());
+                                    Ok(Upgraded {
+                                        stream: Box::new(a.stream),
+                                        tls_identity: a.identity,
+                                    })
+                                })
+                            }),
+                        );
+                        (stream, Transport::Tcp, None, Some(start))
+                    }
+                    Some(tls) => match tls.accept(stream, timeout).await {
+                        Ok(a) => {
+                            note_identity(a.identity.as_deref());
+                            let s: Box<dyn Stream> = Box::new(a.stream);
+                            (s, Transport::Tls, a.identity, None)
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
+                let conn = Connection {
+                    id,
+                    listener,
+                    peer: Some(peer),
+                    local,
+                    transport,
+                    tls_identity,
+                    start_tls,
+                    stream,
+                    shutdown,
+                };
                 tracing::debug!("connected");
                 match adapter.serve(conn, broker).await {
                     Ok(()) => tracing::debug!("closed"),
@@ -77,5 +122,14 @@ pub(crate) async fn accept_loop(a: Accept) {
             }
             .instrument(span),
         );
+    }
+}
+
+/// Logs a verified client certificate's name and adds it to the
+/// connection's span.
+pub(crate) fn note_identity(identity: Option<&str>) {
+    if let Some(id) = identity {
+        tracing::Span::current().record("tls_identity", id);
+        tracing::info!(tls_identity = id, "TLS client certificate verified");
     }
 }
