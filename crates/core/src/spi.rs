@@ -80,20 +80,24 @@ type UpgradeFn = Box<
 
 /// TLS that begins after the protocol's greeting, run by the server's TLS
 /// acceptor (the handshake is bounded by the server's handshake timeout).
-pub struct StartTls {
-    /// Clients must upgrade; when false they may also stay in clear.
-    pub required: bool,
-    upgrade: UpgradeFn,
-}
+/// One pointer wide, so it costs idle connections nothing.
+pub struct StartTls(Box<(bool, UpgradeFn)>);
 
 impl StartTls {
+    /// `required`: clients must upgrade; when false they may also stay in
+    /// clear.
     pub fn new(required: bool, upgrade: UpgradeFn) -> StartTls {
-        StartTls { required, upgrade }
+        StartTls(Box::new((required, upgrade)))
+    }
+
+    /// Clients must upgrade (false: they may also stay in clear).
+    pub fn required(&self) -> bool {
+        self.0.0
     }
 
     /// Runs the server side of the TLS handshake on `stream`.
     pub async fn upgrade(self, stream: Box<dyn Stream>) -> std::io::Result<Upgraded> {
-        (self.upgrade)(stream).await
+        (self.0.1)(stream).await
     }
 }
 
@@ -108,7 +112,7 @@ impl std::fmt::Debug for Upgraded {
 impl std::fmt::Debug for StartTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StartTls")
-            .field("required", &self.required)
+            .field("required", &self.required())
             .finish_non_exhaustive()
     }
 }

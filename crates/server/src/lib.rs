@@ -167,14 +167,18 @@ impl Server {
             })?;
             let tls = match &l.tls {
                 None => None,
-                Some(section) => Some(Arc::new(
-                    tls::Tls::new(&l.name, section, protocol.alpn).map_err(|message| {
-                        ServerError::Tls {
-                            listener: l.name.clone(),
-                            message,
-                        }
-                    })?,
-                )),
+                Some(section) => {
+                    let mut t =
+                        tls::Tls::new(&l.name, section, protocol.alpn).map_err(|message| {
+                            ServerError::Tls {
+                                listener: l.name.clone(),
+                                message,
+                            }
+                        })?;
+                    t.after_greeting = protocol.tls_after_greeting;
+                    t.timeout = config.core.limits.handshake_timeout.get();
+                    Some(Arc::new(t))
+                }
             };
             if let Some(t) = &tls {
                 tls_all.push(t.clone());
@@ -262,9 +266,7 @@ impl Server {
                 socket,
                 name,
                 protocol: protocol.name,
-                tls_after_greeting: protocol.tls_after_greeting,
                 tls,
-                handshake_timeout,
                 adapter,
                 ctx: ctx.clone(),
                 stop: stop_accepting.clone(),

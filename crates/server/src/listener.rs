@@ -6,7 +6,7 @@
 use crate::Ctx;
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_core::spi::{Connection, ProtocolAdapter, StartTls, Stream, Transport, Upgraded};
+use switchyard_core::spi::{Connection, ProtocolAdapter, StartTls, Transport, Upgraded};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,9 +22,6 @@ pub(crate) struct Accept {
     pub(crate) close: CancellationToken,
     pub(crate) connections: TaskTracker,
     pub(crate) tls: Option<Arc<crate::tls::Tls>>,
-    /// The protocol starts TLS after its greeting (see `registry::Protocol`).
-    pub(crate) tls_after_greeting: bool,
-    pub(crate) handshake_timeout: Duration,
 }
 
 pub(crate) async fn accept_loop(a: Accept) {
@@ -63,24 +60,30 @@ pub(crate) async fn accept_loop(a: Accept) {
             client_id = tracing::field::Empty,
             tls_identity = tracing::field::Empty
         );
-        let listener = a.name.clone();
-        let shutdown = a.close.child_token();
+        let mut conn = Connection {
+            id,
+            listener: a.name.clone(),
+            peer: Some(peer),
+            local,
+            transport: Transport::Tcp,
+            tls_identity: None,
+            start_tls: None,
+            stream: Box::new(stream),
+            shutdown: a.close.child_token(),
+        };
         let tls = a.tls.clone();
-        let after_greeting = a.tls_after_greeting;
-        let timeout = a.handshake_timeout;
         a.connections.spawn(
             async move {
                 let _slot = slot;
-                let stream: Box<dyn Stream> = Box::new(stream);
-                let (stream, transport, tls_identity, start_tls) = match tls {
-                    None => (stream, Transport::Tcp, None, None),
-                    Some(tls) if after_greeting => {
+                match tls {
+                    None => {}
+                    Some(tls) if tls.after_greeting => {
                         let required = !tls.section().allow_non_tls;
-                        let start = StartTls::new(
+                        conn.start_tls = Some(StartTls::new(
                             required,
                             Box::new(move |s| {
                                 Box::pin(async move {
-                                    let a = tls.accept(s, timeout).await?;
+                                    let a = tls.accept(s, tls.timeout).await?;
                                     note_identity(a.identity.as_deref());
                                     Ok(Upgraded {
                                         stream: Box::new(a.stream),
@@ -88,32 +91,26 @@ pub(crate) async fn accept_loop(a: Accept) {
                                     })
                                 })
                             }),
-                        );
-                        (stream, Transport::Tcp, None, Some(start))
+                        ));
                     }
-                    Some(tls) => match tls.accept(stream, timeout).await {
-                        Ok(a) => {
-                            note_identity(a.identity.as_deref());
-                            let s: Box<dyn Stream> = Box::new(a.stream);
-                            (s, Transport::Tls, a.identity, None)
+                    Some(tls) => {
+                        let tcp = std::mem::replace(&mut conn.stream, Box::new(tokio::io::empty()));
+                        // Boxed: the handshake's state would otherwise make
+                        // every connection's task bigger for its whole life.
+                        match Box::pin(tls.accept(tcp, tls.timeout)).await {
+                            Ok(a) => {
+                                note_identity(a.identity.as_deref());
+                                conn.stream = Box::new(a.stream);
+                                conn.transport = Transport::Tls;
+                                conn.tls_identity = a.identity;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
                         }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                    },
-                };
-                let conn = Connection {
-                    id,
-                    listener,
-                    peer: Some(peer),
-                    local,
-                    transport,
-                    tls_identity,
-                    start_tls,
-                    stream,
-                    shutdown,
-                };
+                    }
+                }
                 tracing::debug!("connected");
                 match adapter.serve(conn, broker).await {
                     Ok(()) => tracing::debug!("closed"),

@@ -117,6 +117,10 @@ pub struct Tls {
     section: TlsSection,
     alpn: &'static [&'static [u8]],
     current: parking_lot::RwLock<Arc<rustls::ServerConfig>>,
+    /// The protocol starts TLS after its greeting (see `registry::Protocol`).
+    pub(crate) after_greeting: bool,
+    /// `[limits] handshake_timeout`.
+    pub(crate) timeout: Duration,
 }
 
 /// A finished server-side handshake.
@@ -137,6 +141,8 @@ impl Tls {
             section: section.clone(),
             alpn,
             current: parking_lot::RwLock::new(config),
+            after_greeting: false,
+            timeout: Duration::from_secs(10),
         })
     }
 

@@ -74,7 +74,9 @@ async fn an_idle_connection_holds_little_heap() {
     // generous estimate of it so what remains is the broker's.
     let per = (after - before) / N as isize;
     eprintln!("live heap per idle connection (client side included): {per} bytes");
-    assert!(per <= 3400, "{per} bytes per idle connection");
+    // 3400 before TLS; the TLS-capable accept path (Connection.start_tls,
+    // the listener's TLS handle in the task) measured 3432.
+    assert!(per <= 3500, "{per} bytes per idle connection");
     drop(clients);
     drop(warm);
     b.stop().await;

@@ -312,7 +312,7 @@ impl Conn<'_> {
             return Err(AdapterError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
         if first != [TLS_HANDSHAKE_RECORD] {
-            if start.required {
+            if start.required() {
                 codec::encode_err(&mut self.st.wbuf, "Secure Connection - TLS Required");
                 let _ = self.st.flush(&mut stream, Duration::from_millis(500)).await;
                 let _ = stream.shutdown().await;
@@ -391,8 +391,8 @@ impl State<'_> {
             "client_id": conn.id.get(),
             "client_ip": conn.peer.map(|p| p.ip().to_string()),
             "auth_required": false,
-            "tls_required": conn.start_tls.as_ref().is_some_and(|t| t.required),
-            "tls_available": conn.start_tls.as_ref().is_some_and(|t| !t.required),
+            "tls_required": conn.start_tls.as_ref().is_some_and(|t| t.required()),
+            "tls_available": conn.start_tls.as_ref().is_some_and(|t| !t.required()),
         })
         .to_string()
     }
