@@ -30,9 +30,10 @@ run() {
     # and the broker) that a dropped Broker never frees; LeakSanitizer would
     # stop the journal target on its first input. Not a decoder bug: see
     # docs/security-tls-fuzz.md.
-    if [ "$t" = journal ]; then extra=(-detect_leaks=0); fi
+    local asan=${ASAN_OPTIONS:-}
+    if [ "$t" = journal ]; then extra=(-detect_leaks=0); asan=detect_leaks=0; fi
     # -rss_limit_mb: out-of-memory is a finding; -timeout: a hang is too.
-    nice -n 19 cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" -- \
+    ASAN_OPTIONS=$asan nice -n 19 cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
         -print_final_stats=1 "${extra[@]}" >"fuzz/logs/$t.log" 2>&1
     local rc=$?
