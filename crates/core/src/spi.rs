@@ -41,6 +41,12 @@ pub struct Connection {
     /// one (mutual TLS): set by the server, `None` otherwise. Adapters
     /// treat it as an authenticated user name.
     pub tls_identity: Option<String>,
+    /// Set on listeners whose protocol starts TLS after its greeting (NATS
+    /// sends INFO in clear, then the client starts the handshake on the same
+    /// socket): the adapter sends its greeting, then calls
+    /// [`StartTls::upgrade`] on the stream. `None` when the listener has no
+    /// TLS or the server already ran the handshake.
+    pub start_tls: Option<StartTls>,
     pub stream: Box<dyn Stream>,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
@@ -53,6 +59,60 @@ impl std::fmt::Debug for Connection {
             .field("listener", &self.listener)
             .field("peer", &self.peer)
             .field("transport", &self.transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of a TLS upgrade: the encrypted stream and the verified
+/// client-certificate name (as [`Connection::tls_identity`]).
+pub struct Upgraded {
+    pub stream: Box<dyn Stream>,
+    pub tls_identity: Option<String>,
+}
+
+type UpgradeFn = Box<
+    dyn FnOnce(
+            Box<dyn Stream>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<Upgraded>> + Send>,
+        > + Send,
+>;
+
+/// TLS that begins after the protocol's greeting, run by the server's TLS
+/// acceptor (the handshake is bounded by the server's handshake timeout).
+/// One pointer wide, so it costs idle connections nothing.
+pub struct StartTls(Box<(bool, UpgradeFn)>);
+
+impl StartTls {
+    /// `required`: clients must upgrade; when false they may also stay in
+    /// clear.
+    pub fn new(required: bool, upgrade: UpgradeFn) -> StartTls {
+        StartTls(Box::new((required, upgrade)))
+    }
+
+    /// Clients must upgrade (false: they may also stay in clear).
+    pub fn required(&self) -> bool {
+        self.0.0
+    }
+
+    /// Runs the server side of the TLS handshake on `stream`.
+    pub async fn upgrade(self, stream: Box<dyn Stream>) -> std::io::Result<Upgraded> {
+        (self.0.1)(stream).await
+    }
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("tls_identity", &self.tls_identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for StartTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartTls")
+            .field("required", &self.required())
             .finish_non_exhaustive()
     }
 }

@@ -8,6 +8,7 @@
 //! protocol listens on its standard port.
 
 use crate::registry;
+use crate::tls::TlsSection;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
@@ -146,9 +147,22 @@ pub struct RawListener {
     /// `IP:port`; default `0.0.0.0:<standard port>`. Port 0 binds an
     /// ephemeral port (logged).
     pub bind: Option<String>,
+    /// TLS on this listener (see `crate::tls`).
+    pub tls: Option<TlsSection>,
     #[serde(flatten)]
     pub options: BTreeMap<String, figment::value::Value>,
 }
+
+/// Listener names that are TLS listeners by default: the protocol they
+/// serve and their standard port. They exist only when configured (with a
+/// `tls` table); `[listeners.mqtt-tls] tls = { cert = "...", key = "..." }`
+/// is enough.
+pub const TLS_LISTENERS: &[(&str, &str, u16)] = &[
+    ("mqtt-tls", "mqtt", 8883),
+    ("amqp-tls", "amqp", 5671),
+    ("stomp-tls", "stomp", 61614),
+    ("https", "http", 8443),
+];
 
 /// The whole file as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -181,6 +195,8 @@ pub struct ListenerConfig {
     pub protocol: String,
     pub enabled: bool,
     pub bind: SocketAddr,
+    /// TLS settings; the files were loaded once when the config was checked.
+    pub tls: Option<TlsSection>,
     pub options: BTreeMap<String, figment::value::Value>,
 }
 
@@ -253,7 +269,12 @@ impl Config {
         let mut out = Vec::new();
         for (name, l) in listeners {
             let path = format!("listeners.{name}");
-            let protocol_name = l.protocol.clone().unwrap_or_else(|| name.clone());
+            let tls_default = TLS_LISTENERS.iter().find(|t| t.0 == name);
+            let protocol_name = l
+                .protocol
+                .clone()
+                .or_else(|| tls_default.map(|t| t.1.to_owned()))
+                .unwrap_or_else(|| name.clone());
             let protocol = registry::protocol(&protocol_name).ok_or_else(|| {
                 let known: Vec<&str> = registry::PROTOCOLS.iter().map(|p| p.name).collect();
                 if l.protocol.is_some() {
@@ -274,8 +295,9 @@ impl Config {
                     )
                 }
             })?;
+            let default_port = tls_default.map_or(protocol.default_port, |t| t.2);
             let bind = match &l.bind {
-                None => SocketAddr::from(([0, 0, 0, 0], protocol.default_port)),
+                None => SocketAddr::from(([0, 0, 0, 0], default_port)),
                 Some(text) => text.parse().map_err(|e| {
                     ConfigError::new(
                         format!("{path}.bind"),
@@ -284,11 +306,33 @@ impl Config {
                 })?,
             };
             (protocol.check_options)(&path, &l.options)?;
+            let enabled = l.enabled.unwrap_or(true);
+            if let Some(tls) = &l.tls {
+                if tls.allow_non_tls && !protocol.tls_after_greeting {
+                    return Err(ConfigError::new(
+                        format!("{path}.tls.allow_non_tls"),
+                        format!(
+                            "only for protocols that start TLS after their greeting (nats), not {}",
+                            protocol.name
+                        ),
+                    ));
+                }
+                if enabled {
+                    crate::tls::load(tls, &[])
+                        .map_err(|e| ConfigError::new(format!("{path}.tls"), e))?;
+                }
+            } else if tls_default.is_some() && enabled {
+                return Err(ConfigError::new(
+                    format!("{path}.tls"),
+                    "a TLS listener needs `tls = { cert = \"...\", key = \"...\" }`",
+                ));
+            }
             out.push(ListenerConfig {
                 name,
                 protocol: protocol.name.to_owned(),
-                enabled: l.enabled.unwrap_or(true),
+                enabled,
                 bind,
+                tls: l.tls,
                 options: l.options,
             });
         }

@@ -52,6 +52,9 @@ pub(crate) struct Serve {
     pub(crate) stop: CancellationToken,
     pub(crate) close: CancellationToken,
     pub(crate) connections: TaskTracker,
+    /// HTTPS: the handshake runs before a request is read.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+    pub(crate) handshake_timeout: Duration,
 }
 
 fn router(state: AppState, ws: &[WsService]) -> Router {
@@ -82,8 +85,10 @@ pub(crate) async fn serve(s: Serve) {
         socket: s.socket,
         admission: s.ctx.admission.clone(),
         write_timeout: api.config().write_timeout.get(),
-        handshake_timeout: s.ctx.broker.config().limits.handshake_timeout.get(),
+        handshake_timeout: s.handshake_timeout,
         switch: switch.clone(),
+        tls: s.tls,
+        handshakes: tokio::task::JoinSet::new(),
     };
     let state = AppState {
         ctx: s.ctx,
@@ -140,6 +145,7 @@ fn websocket(
                 local: None,
                 transport: Transport::WebSocket,
                 tls_identity: None,
+                start_tls: None,
                 stream: Box::new(WsStream::new(socket, frames)),
                 shutdown: state.close.child_token(),
             };

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use switchyard_core::spi::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -58,6 +59,10 @@ pub(crate) struct HttpListener {
     /// (`limits.handshake_timeout`).
     pub(crate) handshake_timeout: Duration,
     pub(crate) switch: Arc<KillSwitch>,
+    /// HTTPS: handshakes run on tasks of their own (`handshakes`), so a
+    /// client that stalls its handshake holds up no one else.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+    pub(crate) handshakes: tokio::task::JoinSet<Option<(HttpIo, SocketAddr)>>,
 }
 
 impl axum::serve::Listener for HttpListener {
@@ -66,7 +71,13 @@ impl axum::serve::Listener for HttpListener {
 
     async fn accept(&mut self) -> (HttpIo, SocketAddr) {
         loop {
-            let (tcp, peer) = match self.socket.accept().await {
+            let accepted = tokio::select! {
+                Some(Ok(Some(done))) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    return done;
+                }
+                r = self.socket.accept() => r,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -82,8 +93,8 @@ impl axum::serve::Listener for HttpListener {
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
             }
-            let io = HttpIo {
-                tcp,
+            let io = |stream: Box<dyn Stream>, slot| HttpIo {
+                tcp: stream,
                 _slot: slot,
                 write_timeout: self.write_timeout,
                 stall: None,
@@ -93,7 +104,28 @@ impl axum::serve::Listener for HttpListener {
                 silent: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
                 read_early: 0,
             };
-            return (io, peer);
+            let Some(tls) = &self.tls else {
+                return (io(Box::new(tcp), slot), peer);
+            };
+            let tls = tls.clone();
+            let timeout = self.handshake_timeout;
+            let mut pending = io(Box::new(tcp), slot);
+            self.handshakes.spawn(async move {
+                let tcp = std::mem::replace(&mut pending.tcp, Box::new(tokio::io::empty()));
+                match tls.accept(tcp, timeout).await {
+                    Ok(a) => {
+                        if let Some(id) = &a.identity {
+                            tracing::info!(%peer, tls_identity = %id, "TLS client certificate verified");
+                        }
+                        pending.tcp = Box::new(a.stream);
+                        Some((pending, peer))
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        None
+                    }
+                }
+            });
         }
     }
 
@@ -104,7 +136,8 @@ impl axum::serve::Listener for HttpListener {
 
 /// One accepted HTTP connection (see the module docs).
 pub(crate) struct HttpIo {
-    tcp: TcpStream,
+    /// The TCP stream, or the TLS stream over it.
+    tcp: Box<dyn Stream>,
     _slot: Admitted,
     write_timeout: Duration,
     /// Armed while a write is pending (made on the first stall).

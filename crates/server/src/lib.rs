@@ -16,6 +16,7 @@ pub mod logging;
 mod metrics;
 mod monitor;
 pub mod registry;
+pub mod tls;
 pub mod ws;
 
 pub use config::{Config, ConfigError};
@@ -40,6 +41,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error("the journal cannot be opened or recovered: {0}")]
     Journal(String),
+    #[error("listener '{listener}': TLS: {message}")]
+    Tls { listener: String, message: String },
     #[error("listener '{listener}' cannot bind {addr}: {source}")]
     Bind {
         listener: String,
@@ -83,6 +86,7 @@ pub struct Server {
     grace: Duration,
     drain: Duration,
     maintenance: tokio::task::JoinHandle<()>,
+    tls: Arc<Vec<Arc<tls::Tls>>>,
 }
 
 impl Server {
@@ -159,6 +163,7 @@ impl Server {
         }
         let ws_routes = Arc::new(ws_routes);
         let mut sockets = Vec::new();
+        let mut tls_all = Vec::new();
         for (l, protocol, service) in services.into_iter().filter(|(l, _, _)| l.enabled) {
             let socket = TcpListener::bind(l.bind)
                 .await
@@ -172,16 +177,41 @@ impl Server {
                 addr: l.bind,
                 source,
             })?;
-            tracing::info!(listener = %l.name, protocol = %l.protocol, %addr, "listening");
+            let tls = match &l.tls {
+                None => None,
+                Some(section) => {
+                    let mut t =
+                        tls::Tls::new(&l.name, section, protocol.alpn).map_err(|message| {
+                            ServerError::Tls {
+                                listener: l.name.clone(),
+                                message,
+                            }
+                        })?;
+                    t.after_greeting = protocol.tls_after_greeting;
+                    t.timeout = config.core.limits.handshake_timeout.get();
+                    Some(Arc::new(t))
+                }
+            };
+            if let Some(t) = &tls {
+                tls_all.push(t.clone());
+            }
+            tracing::info!(
+                listener = %l.name,
+                protocol = %l.protocol,
+                %addr,
+                tls = tls.is_some(),
+                "listening"
+            );
             sockets.push((
                 Bound {
                     name: l.name.clone(),
                     protocol: l.protocol.clone(),
                     addr,
                 },
-                protocol.name,
+                protocol,
                 service,
                 socket,
+                tls,
             ));
         }
         // The HTTP listener starts first, so /healthz answers and /readyz
@@ -191,10 +221,11 @@ impl Server {
         let config_grace = config.server.shutdown_grace.get();
         let mut streams = Vec::new();
         let mut http_apis = Vec::new();
-        for (b, protocol, service, socket) in sockets {
+        let handshake_timeout = config.core.limits.handshake_timeout.get();
+        for (b, protocol, service, socket, tls) in sockets {
             match service {
                 Service::Stream(adapter) => {
-                    streams.push((b.name.clone(), protocol, adapter, socket))
+                    streams.push((b.name.clone(), protocol, adapter, socket, tls))
                 }
                 Service::Http(config) => {
                     let api = switchyard_http::HttpApi::new(
@@ -212,6 +243,8 @@ impl Server {
                         stop: stop_accepting.clone(),
                         close: close_connections.clone(),
                         connections: connections.clone(),
+                        tls,
+                        handshake_timeout,
                     }));
                 }
             }
@@ -246,7 +279,7 @@ impl Server {
         let mut recovered: Vec<&'static str> = Vec::new();
         let adapters = streams
             .iter()
-            .map(|(_, protocol, adapter, _)| (*protocol, adapter))
+            .map(|(_, protocol, adapter, _, _)| (protocol.name, adapter))
             .chain(ws_routes.iter().map(|w| (w.protocol, &w.adapter)));
         for (protocol, adapter) in adapters {
             if !recovered.contains(&protocol) {
@@ -257,11 +290,12 @@ impl Server {
         for api in http_apis {
             api.open();
         }
-        for (name, protocol, adapter, socket) in streams {
+        for (name, protocol, adapter, socket, tls) in streams {
             listeners.spawn(listener::accept_loop(listener::Accept {
                 socket,
                 name,
-                protocol,
+                protocol: protocol.name,
+                tls,
                 adapter,
                 ctx: ctx.clone(),
                 stop: stop_accepting.clone(),
@@ -269,6 +303,9 @@ impl Server {
                 connections: connections.clone(),
             }));
         }
+        let tls_all = Arc::new(tls_all);
+        #[cfg(unix)]
+        listeners.spawn(reload_on_sighup(tls_all.clone(), stop_accepting.clone()));
         let maintenance = broker.start_maintenance();
         let _ = std::fs::create_dir_all(&config.server.data_dir);
         listeners.spawn(monitor::spawn(
@@ -295,7 +332,16 @@ impl Server {
             grace: config.server.shutdown_grace.get(),
             drain: config.server.drain_period.get(),
             maintenance,
+            tls: tls_all,
         })
+    }
+
+    /// Reads every TLS listener's certificate, key and client CA files
+    /// again (what SIGHUP does). New handshakes use the new files; open
+    /// connections keep theirs. A listener whose files fail to load keeps
+    /// its old configuration. Returns each listener's outcome.
+    pub fn reload_tls(&self) -> Vec<(String, Result<(), String>)> {
+        reload_tls(&self.tls)
     }
 
     /// The address listener `name` is bound to.
@@ -372,6 +418,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     server.shutdown().await;
     Ok(())
+}
+
+fn reload_tls(all: &[Arc<tls::Tls>]) -> Vec<(String, Result<(), String>)> {
+    all.iter()
+        .map(|t| {
+            let r = t.reload();
+            match &r {
+                Ok(()) => tracing::info!(listener = %t.listener, "TLS certificate reloaded"),
+                Err(e) => tracing::error!(
+                    listener = %t.listener,
+                    error = %e,
+                    "TLS reload failed; the previous certificate stays in use"
+                ),
+            }
+            (t.listener.clone(), r)
+        })
+        .collect()
+}
+
+/// SIGHUP reloads the TLS files of every TLS listener.
+#[cfg(unix)]
+async fn reload_on_sighup(all: Arc<Vec<Arc<tls::Tls>>>, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; TLS reload on signal is off");
+        return;
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            r = hup.recv() => {
+                if r.is_none() {
+                    return;
+                }
+                tracing::info!(listeners = all.len(), "SIGHUP received: reloading TLS certificates");
+                let all = all.clone();
+                let _ = tokio::task::spawn_blocking(move || reload_tls(&all)).await;
+            }
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -31,6 +31,12 @@ pub struct Protocol {
     pub default_port: u16,
     /// Also served over WebSocket on the HTTP listener at this path.
     pub websocket: Option<WsRoute>,
+    /// With TLS, the handshake starts after the server's greeting on the
+    /// same port (NATS) instead of right after the TCP accept; the adapter
+    /// runs it through `Connection::start_tls`.
+    pub tls_after_greeting: bool,
+    /// ALPN protocol names offered on TLS listeners.
+    pub alpn: &'static [&'static [u8]],
     /// Checks a listener's protocol options (`path` is `listeners.NAME`).
     pub(crate) check_options:
         fn(&str, &BTreeMap<String, figment::value::Value>) -> Result<(), ConfigError>,
@@ -50,6 +56,8 @@ pub static PROTOCOLS: &[Protocol] = &[
     Protocol {
         name: "http",
         default_port: 8080,
+        tls_after_greeting: false,
+        alpn: &[b"http/1.1"],
         websocket: None,
         check_options: |path, opts| http_config(path, opts).map(|_| ()),
         build: |l| {
@@ -60,6 +68,8 @@ pub static PROTOCOLS: &[Protocol] = &[
     Protocol {
         name: "nats",
         default_port: 4222,
+        tls_after_greeting: true,
+        alpn: &[],
         websocket: None,
         check_options: |path, o| options::<switchyard_nats::NatsConfig>(path, o).map(|_| ()),
         build: |l| {
@@ -75,6 +85,8 @@ pub static PROTOCOLS: &[Protocol] = &[
     Protocol {
         name: "amqp",
         default_port: 5672,
+        tls_after_greeting: false,
+        alpn: &[],
         websocket: None,
         check_options: |path, opts| amqp_config(path, opts).map(|_| ()),
         build: |l| {
@@ -87,6 +99,8 @@ pub static PROTOCOLS: &[Protocol] = &[
     Protocol {
         name: "mqtt",
         default_port: 1883,
+        tls_after_greeting: false,
+        alpn: &[],
         websocket: Some(WsRoute {
             path: "/mqtt",
             subprotocols: &["mqtt", "mqttv3.1"],
@@ -104,6 +118,8 @@ pub static PROTOCOLS: &[Protocol] = &[
     Protocol {
         name: "stomp",
         default_port: 61613,
+        tls_after_greeting: false,
+        alpn: &[],
         websocket: Some(WsRoute {
             path: "/stomp",
             subprotocols: &["v12.stomp", "v11.stomp", "v10.stomp"],

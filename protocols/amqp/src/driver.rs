@@ -353,6 +353,7 @@ mod tests {
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
             tls_identity: None,
+            start_tls: None,
             stream: Box::new(a),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };

@@ -1912,6 +1912,7 @@ mod tests {
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
             tls_identity: None,
+            start_tls: None,
             stream: Box::new(a),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };
@@ -1923,6 +1924,7 @@ mod tests {
             local: None,
             transport: switchyard_core::spi::Transport::Tcp,
             tls_identity: None,
+            start_tls: None,
             stream: Box::new(a2),
             shutdown: tokio_util::sync::CancellationToken::new(),
         };

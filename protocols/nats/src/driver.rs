@@ -19,7 +19,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter, Stream};
+use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter, StartTls, Stream};
 use switchyard_core::{
     Broker, ConsumeOptions, CoreError, Deliveries, Delivery, Events, Overflow, QueueOptions,
     Session, SessionEvent, Subscribe, SubscriptionKind, WakeBatch,
@@ -203,6 +203,9 @@ struct State<'a> {
     /// blocks publishers (memory or disk watermark).
     publisher: bool,
     peer: Option<std::net::IpAddr>,
+    /// The verified client-certificate name (mutual TLS): from the
+    /// connection, or from the TLS upgrade after INFO. Authentication
+    /// takes it as the user name.
     tls_identity: Option<String>,
 }
 
@@ -224,6 +227,7 @@ impl Conn<'_> {
         let Connection {
             mut stream,
             shutdown,
+            start_tls,
             ..
         } = conn;
         let events = self.deliveries.events();
@@ -241,6 +245,9 @@ impl Conn<'_> {
         let write_deadline = self.st.cfg().write_deadline.get();
 
         self.st.flush(&mut stream, write_deadline).await?;
+        if let Some(start) = start_tls {
+            stream = self.start_tls(start, stream, handshake).await?;
+        }
         loop {
             // A publishing connection is not read while publishers are held
             // back: TCP back-pressure reaches the client.
@@ -307,6 +314,43 @@ impl Conn<'_> {
         }
     }
 
+    /// TLS after INFO, as nats-server does: a client that saw
+    /// `tls_required` starts the handshake; with `tls_available` (TLS
+    /// optional) the first byte tells: a TLS record (0x16, handshake) is
+    /// upgraded, anything else is the client's CONNECT in clear.
+    async fn start_tls(
+        &mut self,
+        start: StartTls,
+        mut stream: Box<dyn Stream>,
+        handshake: Duration,
+    ) -> Result<Box<dyn Stream>, AdapterError> {
+        let mut first = [0u8; 1];
+        let n = match tokio::time::timeout(handshake, stream.read(&mut first)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(AdapterError::Timeout("no TLS handshake")),
+        };
+        if n == 0 {
+            return Err(AdapterError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        if first != [TLS_HANDSHAKE_RECORD] {
+            if start.required() {
+                codec::encode_err(&mut self.st.wbuf, "Secure Connection - TLS Required");
+                let _ = self.st.flush(&mut stream, Duration::from_millis(500)).await;
+                let _ = stream.shutdown().await;
+                return Err(AdapterError::Protocol("TLS required".to_owned()));
+            }
+            self.reader.rbuf.extend_from_slice(&first);
+            return Ok(stream);
+        }
+        let stream: Box<dyn Stream> = Box::new(Prefixed {
+            first: Some(TLS_HANDSHAKE_RECORD),
+            inner: stream,
+        });
+        let up = start.upgrade(stream).await?;
+        self.st.tls_identity = up.tls_identity;
+        Ok(up.stream)
+    }
+
     /// Handles every complete operation in the read buffer. Wake-ups of
     /// receiving connections are deferred to the end of the buffer, so each
     /// is woken once per read rather than once per message.
@@ -367,8 +411,8 @@ impl State<'_> {
             "client_id": conn.id.get(),
             "client_ip": conn.peer.map(|p| p.ip().to_string()),
             "auth_required": !self.session.broker().anonymous_allowed(),
-            "tls_required": false,
-            "tls_available": false,
+            "tls_required": conn.start_tls.as_ref().is_some_and(|t| t.required()),
+            "tls_available": conn.start_tls.as_ref().is_some_and(|t| !t.required()),
         })
         .to_string()
     }
@@ -727,4 +771,53 @@ async fn read_some(stream: &mut Box<dyn Stream>, buf: &mut BytesMut) -> std::io:
         buf.reserve(grow);
     }
     stream.read_buf(buf).await
+}
+
+/// The first byte of a TLS record carrying a handshake message (ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A stream with one byte already read from it put back in front.
+struct Prefixed {
+    first: Option<u8>,
+    inner: Box<dyn Stream>,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if buf.remaining() > 0
+            && let Some(b) = self.first.take()
+        {
+            buf.put_slice(&[b]);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
