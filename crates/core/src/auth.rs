@@ -284,6 +284,10 @@ pub(crate) struct Auth {
     failure_delay: Duration,
     failure_max_delay: Duration,
     verify: tokio::sync::Semaphore,
+    /// A hash of a random secret, verified for user names that do not exist
+    /// (or have no password) so that they cost as much time as a wrong
+    /// password and the answer's timing does not tell which names exist.
+    dummy: Option<String>,
     digest_key: [u8; 32],
     verified: Mutex<HashMap<Digest, Str>>,
     failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
@@ -327,6 +331,9 @@ impl Auth {
             failure_delay: cfg.failure_delay,
             failure_max_delay: cfg.failure_max_delay,
             verify: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFY),
+            dummy: (!cfg.users.is_empty())
+                .then(|| hash_password(&digest_key).ok())
+                .flatten(),
             digest_key,
             verified: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
@@ -404,10 +411,10 @@ impl Auth {
             _ if self.users.is_empty() && self.anonymous => Ok(Principal::anonymous()),
             (Some(user), password) => {
                 let password = password.as_deref().unwrap_or(b"");
-                let Some(entry) = self.users.get(user) else {
-                    return Err(AuthError::BadCredentials);
-                };
-                let Some(hash) = &entry.password else {
+                let Some(hash) = self.users.get(user).and_then(|e| e.password.as_ref()) else {
+                    if let Some(dummy) = &self.dummy {
+                        self.verify(dummy, password).await;
+                    }
                     return Err(AuthError::BadCredentials);
                 };
                 let d = self.digest(0, user, password);
@@ -1002,6 +1009,30 @@ verbs = ["publish", "subscribe", "consume", "manage"]
             Ok(Principal::anonymous())
         );
         assert_eq!(open.check(&c(None, None)).await, Ok(Principal::anonymous()));
+    }
+
+    #[tokio::test]
+    async fn unknown_users_are_checked_against_a_dummy_hash() {
+        let users = vec![UserConfig {
+            name: "alice".into(),
+            password_hash: Some(hash_password(b"pw").unwrap()),
+            token_hash: None,
+        }];
+        let auth = Auth::new(&cfg(users, false));
+        let dummy = auth.dummy.clone().unwrap();
+        assert!(PasswordHash::new(&dummy).is_ok());
+        // An unknown name is refused like a wrong password, after an Argon2
+        // verification of its own (the semaphore is taken and given back).
+        let mallory = Credentials {
+            protocol: "t",
+            user: Some("mallory".into()),
+            password: Some(b"pw".to_vec()),
+            ..Default::default()
+        };
+        assert_eq!(auth.check(&mallory).await, Err(AuthError::BadCredentials));
+        assert_eq!(auth.verify.available_permits(), MAX_CONCURRENT_VERIFY);
+        // No users: nothing to hide, no dummy.
+        assert!(Auth::new(&cfg(vec![], true)).dummy.is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]
