@@ -13,13 +13,10 @@
 #   3. extracts switchyard.toml from the rendered ConfigMap (plus users.toml
 #      from the rendered Secret, as the pod's init container does) and runs
 #      `switchyard check-config` on it;
-#   4. renders the TLS/users sections that wait for the broker's security
-#      work (features.tls / features.auth, see values.yaml) and reports
-#      whether today's binary accepts them: an "unknown field tls / users /
-#      acl" error is expected until then and is not a failure; any other
-#      error is. SWITCHYARD_CHART_REQUIRE_FEATURES=1 makes it required. The
-#      TLS paths point at the rendered Secret's files, so a binary that
-#      reads the PEM files at check time finds real ones.
+#      The TLS paths are pointed at the rendered Secret's files, since the
+#      broker loads the PEM files at check time;
+#   4. renders the full values with features.tls/auth off (an image older
+#      than the security work) and checks no TLS or user section is left.
 #
 # Usage: deploy/helm/check.sh [path/to/switchyard]   (default:
 # $SWITCHYARD_BIN or target/debug/switchyard, built with
@@ -177,8 +174,12 @@ for helm_name in helm3 helm4; do
     kinds="$(split_and_extract "$out/rendered.yaml" "$out/m")"
     n="$(validate_dir "$out/m")"
     say "$helm_name template ($label): $n manifests ($kinds) valid (--strict, Kubernetes ${kube_versions[*]})"
-    check_config "$out/m/switchyard.toml" >"$out/check.txt" 2>&1 \
-      || { cat "$out/check.txt" "$out/m/switchyard.toml" >&2; die "switchyard check-config rejected the ConfigMap ($helm_name, $label)"; }
+    # The broker loads the TLS files at check time: point the rendered paths
+    # at the Secret's files as extracted here (the pod mounts them there).
+    mount="$("$venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["tls"]["mountPath"])' "$chart/values.yaml")"
+    sed "s#\"$mount/#\"$out/m/tls/#g" "$out/m/switchyard.toml" >"$out/m/switchyard.local.toml"
+    check_config "$out/m/switchyard.local.toml" >"$out/check.txt" 2>&1 \
+      || { cat "$out/check.txt" "$out/m/switchyard.local.toml" >&2; die "switchyard check-config rejected the ConfigMap ($helm_name, $label)"; }
     say "switchyard check-config on the rendered ConfigMap ($label): $(cat "$out/check.txt")"
     # NOTES.txt (helm template does not render it; Helm 3's client-side
     # dry-run still wants a cluster, Helm 4's does not).
@@ -249,39 +250,22 @@ while read -r name port _ws; do
 done <"$work/protocols.txt"
 say "every protocol the binary serves ($(cut -d' ' -f1 "$work/protocols.txt" | tr '\n' ' ')) is EXPOSEd and in values.yaml on its standard port"
 
-# -- the sections that wait for the broker's TLS / users support ---------------
+# -- an image older than the security work ------------------------------------
 say ""
-say "=== features.tls / features.auth (broker security work, issue 10) ==="
-for feature in tls auth; do
-  out="$work/feature-$feature"
-  mkdir -p "$out"
-  "$cache/helm3" template sy "$chart" --namespace brokers -f "$chart/ci/full-values.yaml" \
-    --set "features.$feature=true" --set "tls.mountPath=$out/m/tls" >"$out/rendered.yaml"
-  split_and_extract "$out/rendered.yaml" "$out/m" >/dev/null
-  validate_dir "$out/m" >/dev/null
-  if check_config "$out/m/switchyard.toml" >"$out/check.txt" 2>&1; then
-    say "features.$feature=true: check-config accepts it; the binary supports it (set features.$feature: true in values.yaml)"
-  else
-    err="$(cat "$out/check.txt")"
-    # Expected for now: the binary does not know the section at all (the
-    # first unknown key is `tls` itself, or `users` / `acl`). Anything else —
-    # e.g. it knows `tls` but not a key inside it — is a real failure.
-    tls_re='^error: listeners\.[A-Za-z0-9_-]+\.tls: unknown field: found `tls`'
-    auth_re='^error: (users|acl): unknown field: found `(users|acl)`'
-    if { [ "$feature" = tls ] && [[ "$err" =~ $tls_re ]]; } \
-      || { [ "$feature" = auth ] && [[ "$err" =~ $auth_re ]]; }; then
-      if [ "${SWITCHYARD_CHART_REQUIRE_FEATURES:-0}" = 1 ]; then
-        say "features.$feature=true: rejected: $err"; failures=$((failures + 1))
-      else
-        say "features.$feature=true: not supported by this binary yet (expected before issue 10): $err"
-      fi
-    else
-      cat "$out/m/switchyard.toml" >&2
-      say "features.$feature=true: check-config failed: $err"
-      failures=$((failures + 1))
-    fi
-  fi
-done
+say "=== features.tls=false / features.auth=false (an image without TLS and users) ==="
+out="$work/features-off"
+mkdir -p "$out"
+"$cache/helm3" template sy "$chart" --namespace brokers -f "$chart/ci/full-values.yaml" \
+  --set features.tls=false --set features.auth=false >"$out/rendered.yaml"
+split_and_extract "$out/rendered.yaml" "$out/m" >/dev/null
+validate_dir "$out/m" >/dev/null
+if grep -Eq '^\[\[(users|acl)\]\]|\.tls\]$' "$out/m/switchyard.toml"; then
+  say "features off: switchyard.toml still has TLS or user sections"; failures=$((failures + 1))
+elif check_config "$out/m/switchyard.toml" >"$out/check.txt" 2>&1; then
+  say "features off: no TLS or user sections, check-config accepts it"
+else
+  say "features off: check-config failed: $(cat "$out/check.txt")"; failures=$((failures + 1))
+fi
 
 [ "$failures" -eq 0 ] || die "$failures check(s) failed"
 say ""

@@ -268,6 +268,7 @@ cert = {{ printf "%s/tls.crt" $v.tls.mountPath | toJson }}
 key = {{ printf "%s/tls.key" $v.tls.mountPath | toJson }}
 {{- if $v.tls.clientAuth }}
 client_ca = {{ printf "%s/ca.crt" $v.tls.mountPath | toJson }}
+client_auth = {{ ternary "optional" "required" (eq (toString $v.tls.clientAuth) "optional") | toJson }}
 {{- end }}
 {{- with $v.tls.options }}
 {{- include "switchyard.toml.pairs" . }}
