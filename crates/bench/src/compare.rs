@@ -338,7 +338,7 @@ pub fn machine() -> Vec<(String, String)> {
     ]
 }
 
-fn load_average() -> String {
+pub fn load_average() -> String {
     read("/proc/loadavg")
         .split_whitespace()
         .take(3)
@@ -749,6 +749,12 @@ pub async fn compare(opts: &Options) -> Result<String> {
         http_ref.as_ref(),
     );
     if let Some(path) = &opts.write {
+        // Keep the criterion section (bench/micro.sh) of the file it replaces.
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        let doc = match crate::micro::extract(&old) {
+            Some(section) => crate::micro::splice(&doc, section),
+            None => doc.clone(),
+        };
         std::fs::write(path, &doc).with_context(|| format!("write {}", path.display()))?;
         println!("wrote {}", path.display());
     }

@@ -9,14 +9,16 @@
 //!   request/reply, fixed-rate latency), and `compare`, which runs them
 //!   against Switchyard and the peer brokers side by side.
 //!
-//! Run the micro-benchmarks with `cargo bench -p switchyard-bench`; figures
-//! are in `docs/benchmarks.md`.
+//! Run the micro-benchmarks with `bench/micro.sh` (`cargo bench`, then
+//! `switchyard-bench micro`); their figures are the last section of
+//! `docs/benchmarks.md`.
 
 pub mod amqp;
 pub mod brokers;
 pub mod compare;
 pub mod driver;
 pub mod http;
+pub mod micro;
 pub mod mqtt;
 pub mod nats;
 pub mod procstat;

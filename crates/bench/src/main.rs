@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use switchyard_bench::report::Report;
 use switchyard_bench::scenario::{self, Role, Scenario, Shape, Target};
-use switchyard_bench::{compare, http, scale, smoke, suite};
+use switchyard_bench::{compare, http, micro, scale, smoke, suite};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -130,6 +130,17 @@ enum Cmd {
         /// Write the Markdown report to this file.
         #[arg(long)]
         write: Option<PathBuf>,
+    },
+    /// Read criterion's results (after `cargo bench`) and write them, with
+    /// issue 2's targets, into a section of docs/benchmarks.md that
+    /// `compare` keeps (bench/micro.sh runs both steps).
+    Micro {
+        /// criterion's output directory.
+        #[arg(long, default_value = "target/criterion")]
+        criterion: PathBuf,
+        /// The Markdown file whose micro-benchmark section is replaced.
+        #[arg(long, default_value = "docs/benchmarks.md")]
+        write: PathBuf,
     },
     /// Single-message POSTs over keep-alive connections as fast as they are
     /// answered; prints requests per second.
@@ -273,6 +284,28 @@ async fn main() -> Result<()> {
             fanout,
             write,
         } => scale::scale(&switchyard, mqtt, nats, fanout, write.as_deref()).await,
+        Cmd::Micro { criterion, write } => {
+            let estimates = micro::collect(&criterion)?;
+            anyhow::ensure!(
+                !estimates.is_empty(),
+                "no criterion results under {} (run `cargo bench` first)",
+                criterion.display()
+            );
+            let command = std::env::var("SWITCHYARD_BENCH_COMMAND")
+                .unwrap_or_else(|_| "switchyard-bench micro".to_owned());
+            let mut machine = compare::machine();
+            machine.push((
+                "load average at the end (1, 5, 15 min)".to_owned(),
+                compare::load_average(),
+            ));
+            let section = micro::section(&estimates, &machine, &command);
+            let doc = std::fs::read_to_string(&write).unwrap_or_default();
+            std::fs::write(&write, micro::splice(&doc, &section))
+                .map_err(|e| anyhow::anyhow!("write {}: {e}", write.display()))?;
+            println!("{section}");
+            println!("wrote {}", write.display());
+            Ok(())
+        }
         Cmd::HttpLoad {
             addr,
             path,

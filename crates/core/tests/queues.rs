@@ -538,7 +538,8 @@ fn transaction_with_a_bad_ack_applies_nothing() {
 #[test]
 fn multicast_fanout_shares_one_message_allocation() {
     let b = broker();
-    let mut subs: Vec<Session> = (0..100).map(|_| session(&b)).collect();
+    // Issue 2: "fan-out to 1000 subscribers without copying the body".
+    let mut subs: Vec<Session> = (0..1000).map(|_| session(&b)).collect();
     for s in &mut subs {
         s.subscribe(Subscribe::temporary(
             AddressFilter::new("sensors.*.temp").unwrap(),
@@ -553,7 +554,7 @@ fn multicast_fanout_shares_one_message_allocation() {
             body.clone(),
         ))
         .unwrap();
-    assert_eq!(published.routed, 100);
+    assert_eq!(published.routed, 1000);
     let first = drain(subs[0].deliveries()).remove(0);
     for s in &subs[1..] {
         let d = drain(s.deliveries()).remove(0);
