@@ -69,6 +69,7 @@ async fn connections_past_the_per_ip_cap_are_closed_at_once() {
 async fn the_connection_rate_per_ip_refuses_a_burst() {
     let b = TestBroker::start_with(|c| {
         c.core.limits.connection_rate_per_ip = 3;
+        c.core.limits.connection_burst_per_ip = 3;
     })
     .await;
     let mut admitted = 0;
@@ -85,6 +86,39 @@ async fn the_connection_rate_per_ip_refuses_a_burst() {
     }
     assert!(admitted >= 3, "the burst is allowed ({admitted})");
     assert!(admitted <= 5, "past the burst, refused ({admitted})");
+    drop(held);
+    b.stop().await;
+}
+
+/// The defaults are safe ones: 1000 connections per IP address, and a
+/// burst of 1000 new connections before the 200/s rate applies. A client
+/// opening 1000 connections at once gets every one of them (a restart's
+/// reconnection storm from one NAT address), the next is closed.
+#[tokio::test]
+async fn by_default_one_ip_gets_1000_connections_and_no_more() {
+    let b = TestBroker::start().await;
+    let limits = &b.broker().config().limits;
+    assert_eq!(limits.max_connections_per_ip, 1000);
+    assert_eq!(limits.connection_rate_per_ip, 200);
+    assert_eq!(limits.connection_burst_per_ip, 1000);
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut s = TcpStream::connect(b.addr("nats")).await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i}: no INFO"))
+            .unwrap_or(0);
+        assert!(n > 0, "connection {i} refused");
+        held.push(s);
+    }
+    let mut over = TcpStream::connect(b.addr("nats")).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the 1001st connection from one IP is closed"
+    );
     drop(held);
     b.stop().await;
 }

@@ -23,7 +23,7 @@ from security_helpers import Nats, Stomp, basic, start
 
 PROTOCOLS = ["mqtt", "amqp", "stomp", "nats", "http"]
 
-USERS = {"alice": ("alice-pw", "alice-token"), "root": ("root-pw", None)}
+USERS = {"alice": ("alice-pw", "alice.tok-1"), "root": ("root-pw", None)}
 ACL = [
     {"user": "alice", "addresses": ["sensors.#"], "verbs": ["publish", "subscribe"]},
     {"user": "root", "addresses": ["#"], "verbs": ["publish", "subscribe", "consume", "manage"]},
@@ -159,7 +159,7 @@ def publish_http(b, proto):
     assert r.status_code == 403, r.text
     assert r.json()["error"] == "access_refused"
     # Bearer works the same
-    tok = {"Authorization": "Bearer alice-token"}
+    tok = {"Authorization": "Bearer alice.tok-1"}
     r = requests.post(b.url() + "/v1/topics/admin.http", data=b"h", headers=tok, timeout=10)
     assert r.status_code == 403, r.text
 
@@ -415,7 +415,7 @@ def test_wrong_password_and_no_credentials_are_refused(secured, proto):
             _, got, closed = login_nats(b, user, pw)
             assert got == b"-ERR 'Authorization Violation'\r\n", got
             assert closed
-        n = Nats(b.addr("nats"), auth_token="alice-token")
+        n = Nats(b.addr("nats"), auth_token="alice.tok-1")
         assert n.read_until(b"\r\n") == b"PONG\r\n"
         n.close()
         n = Nats(b.addr("nats"), auth_token="wrong")
@@ -474,3 +474,40 @@ def test_websocket_paths_authenticate_too(secured):
             c.disconnect()
             c.loop_stop()
         assert result["rc"] == want
+
+
+def test_tokens_name_their_user(tmp_path):
+    """`switchyard token NAME` prints a token naming its user and its hash;
+    the token logs in as that user (HTTP Bearer, NATS auth_token); a token
+    whose name is another user's, or that names no one, is refused."""
+    import subprocess
+
+    from conftest import Broker, binary
+
+    made = {}
+    for name in ("alice", "svc.bob"):
+        out = subprocess.run([binary(), "token", name], capture_output=True, text=True, check=True)
+        token, hash_ = out.stdout.split()
+        assert token.startswith(name + ".") and len(token) == len(name) + 65, token
+        assert hash_.startswith("$argon2id$"), hash_
+        made[name] = (token, hash_)
+    cfg = tmp_path / "switchyard.toml"
+    cfg.write_text(
+        "".join(f'[[users]]\nname = "{n}"\ntoken_hash = "{h}"\n' for n, (_, h) in made.items())
+    )
+    b = Broker(str(tmp_path / "data"), args=["--config", str(cfg)])
+    try:
+        url = b.url() + "/v1/topics/t.x"
+        for name, (token, _) in made.items():
+            r = requests.post(url, data=b"x", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert r.status_code == 202, (name, r.text)
+        alice, bob = made["alice"][0], made["svc.bob"][0]
+        secret_of_bob = bob.rsplit(".", 1)[1]
+        for bad in ("alice." + secret_of_bob, secret_of_bob, "nobody." + secret_of_bob):
+            r = requests.post(url, data=b"x", headers={"Authorization": f"Bearer {bad}"}, timeout=10)
+            assert r.status_code == 401, bad
+        n = Nats(b.addr("nats"), auth_token=bob)
+        assert n.read_until(b"\r\n") == b"PONG\r\n"
+        n.close()
+    finally:
+        assert b.stop() == 0

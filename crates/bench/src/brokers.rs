@@ -155,9 +155,16 @@ pub async fn start_switchyard(bin: &Path) -> Result<BrokerProc> {
         .with_context(|| format!("run {}", bin.display()))?;
     let dir = scratch_dir("switchyard")?;
     let mut cmd = Command::new(bin);
+    // Every bench connection comes from loopback addresses (127.0.0.x), up
+    // to 50 000 idle ones in `scale`, thousands at once in the idle-connection
+    // runs: the per-IP limits, whose defaults are for production (1000 per
+    // address, 200 new per second after a burst of 1000), are lifted here,
+    // explicitly, rather than weakened for everyone. The total cap stays.
     cmd.arg("serve")
         .env("SWITCHYARD_LOG__LEVEL", "warn")
-        .env("SWITCHYARD_SERVER__DATA_DIR", &dir);
+        .env("SWITCHYARD_SERVER__DATA_DIR", &dir)
+        .env("SWITCHYARD_LIMITS__MAX_CONNECTIONS_PER_IP", "1000000")
+        .env("SWITCHYARD_LIMITS__CONNECTION_RATE_PER_IP", "0");
     let mut addrs = HashMap::new();
     for line in String::from_utf8_lossy(&list.stdout).lines() {
         let Some(name) = line.split_whitespace().next() else {

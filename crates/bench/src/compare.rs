@@ -917,7 +917,9 @@ fn markdown(
          `max_queued_messages 0` (its defaults, 20 and 1000, throttle and then drop QoS 1 \
          messages; Switchyard's in-flight window is 1024), `persistence true` (Mosquitto writes a \
          snapshot at shutdown or every 30 min, not per message); RabbitMQ with the STOMP and MQTT \
-         plugins, a private node on loopback.\n"
+         plugins, a private node on loopback. Switchyard runs with its defaults except the per-IP \
+         connection limits (`max_connections_per_ip`, `connection_rate_per_ip`), lifted because \
+         every bench connection comes from loopback; the peers have no such limits by default.\n"
     );
 
     // Targets summary.

@@ -11,7 +11,13 @@ use switchyard_testkit::TestBroker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_of_every_protocol_delivers_everything() {
-    let b = TestBroker::start().await;
+    // A load generator: every connection comes from 127.0.0.1, so the
+    // per-IP connection limits are lifted as for `brokers::start_switchyard`.
+    let b = TestBroker::start_with(|c| {
+        c.core.limits.max_connections_per_ip = c.core.limits.max_connections;
+        c.core.limits.connection_rate_per_ip = 0;
+    })
+    .await;
     let mut addrs = HashMap::new();
     for p in ["nats", "mqtt", "amqp", "stomp", "http"] {
         addrs.insert(p, b.addr(p));

@@ -16,6 +16,13 @@
 //!   remembered (keyed by a keyed BLAKE2b digest of the secret, never the
 //!   secret itself), so an HTTP client sending the same Bearer token on
 //!   every request pays the cost once.
+//! * A token names its user: `<user>.<secret>` (the user name is what comes
+//!   before the last `.`; [`new_token`] makes one). A token login is checked
+//!   against that one user's `token_hash` (of the whole token): one Argon2
+//!   verification whatever the number of users, never a search through
+//!   them. A token naming no user with a `token_hash` (or with no `.`) is
+//!   checked against the dummy hash, so every failed attempt costs exactly
+//!   one verification too, and takes as long as a wrong secret.
 //! * Repeated failures from one IP address are answered late: the n-th
 //!   failure within a minute waits `auth_failure_delay × 2^(n-1)`, capped
 //!   at `auth_failure_max_delay`. Successful logins are never delayed.
@@ -295,6 +302,8 @@ pub(crate) struct Auth {
     pub(crate) denials: Mutex<std::collections::BTreeMap<(&'static str, Verb), u64>>,
     pub(crate) auth_failures: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     pub(crate) logins: AtomicU64,
+    /// Argon2 verifications run (tests count them).
+    verifications: AtomicU64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -341,6 +350,7 @@ impl Auth {
             denials: Mutex::new(Default::default()),
             auth_failures: Mutex::new(Default::default()),
             logins: AtomicU64::new(0),
+            verifications: AtomicU64::new(0),
         }
     }
 
@@ -363,6 +373,7 @@ impl Auth {
         let Ok(_permit) = self.verify.acquire().await else {
             return false;
         };
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         let hash = hash.to_owned();
         let secret = secret.to_vec();
         tokio::task::spawn_blocking(move || {
@@ -388,13 +399,20 @@ impl Auth {
             if let Some(name) = self.verified.lock().get(&d) {
                 return Ok(Principal::user(name));
             }
-            for (name, u) in &self.users {
-                if let Some(h) = &u.token
-                    && self.verify(h, token.as_bytes()).await
-                {
-                    self.remember(d, name);
-                    return Ok(Principal::user(name));
+            // The user the token names: one verification, never a search.
+            let named = token_user(token).and_then(|name| {
+                let (name, u) = self.users.get_key_value(name)?;
+                Some((name, u.token.as_ref()?))
+            });
+            let Some((name, hash)) = named else {
+                if let Some(dummy) = &self.dummy {
+                    self.verify(dummy, token.as_bytes()).await;
                 }
+                return Err(AuthError::BadCredentials);
+            };
+            if self.verify(hash, token.as_bytes()).await {
+                self.remember(d, name);
+                return Ok(Principal::user(name));
             }
             return Err(AuthError::BadCredentials);
         }
@@ -464,6 +482,29 @@ impl Auth {
         drop(f);
         backoff(self.failure_delay, self.failure_max_delay, n)
     }
+}
+
+/// The user a token names: what comes before its last `.` (`None` without
+/// one, or with nothing before or after it).
+pub fn token_user(token: &str) -> Option<&str> {
+    let (name, secret) = token.rsplit_once('.')?;
+    (!name.is_empty() && !secret.is_empty()).then_some(name)
+}
+
+/// A new random token for `user`: `<user>.<64 hex digits>` (256 random
+/// bits). Its Argon2id hash ([`hash_password`]) is the user's `token_hash`.
+pub fn new_token(user: &str) -> String {
+    use password_hash::rand_core::RngCore;
+    use std::fmt::Write;
+    let mut secret = [0u8; 32];
+    password_hash::rand_core::OsRng.fill_bytes(&mut secret);
+    let mut t = String::with_capacity(user.len() + 65);
+    t.push_str(user);
+    t.push('.');
+    for b in secret {
+        let _ = write!(t, "{b:02x}");
+    }
+    t
 }
 
 /// `base × 2^(n-1)`, capped.
@@ -953,7 +994,7 @@ verbs = ["publish", "subscribe", "consume", "manage"]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn passwords_tokens_certificates_and_anonymous() {
         let hash = hash_password(b"s3cret").unwrap();
-        let token = hash_password(b"tok-123").unwrap();
+        let token = hash_password(b"alice.tok-123").unwrap();
         assert!(hash.starts_with("$argon2id$"));
         let a = Auth::new(&cfg(
             vec![UserConfig {
@@ -988,12 +1029,12 @@ verbs = ["publish", "subscribe", "consume", "manage"]
         );
         assert_eq!(a.check(&c(None, None)).await, Err(AuthError::Required));
         let t = Credentials {
-            token: Some("tok-123".into()),
+            token: Some("alice.tok-123".into()),
             ..Default::default()
         };
         assert_eq!(a.check(&t).await, Ok(Principal::user("alice")));
         let t = Credentials {
-            token: Some("tok-124".into()),
+            token: Some("alice.tok-124".into()),
             ..Default::default()
         };
         assert_eq!(a.check(&t).await, Err(AuthError::BadCredentials));
@@ -1009,6 +1050,71 @@ verbs = ["publish", "subscribe", "consume", "manage"]
             Ok(Principal::anonymous())
         );
         assert_eq!(open.check(&c(None, None)).await, Ok(Principal::anonymous()));
+    }
+
+    /// An Argon2id hash with the smallest parameters, so that a test can
+    /// make many (verification takes the parameters from the PHC string).
+    fn cheap_hash(secret: &str) -> String {
+        let params = argon2::Params::new(8, 1, 1, None).unwrap();
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::generate(&mut password_hash::rand_core::OsRng);
+        argon
+            .hash_password(secret.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    /// A token login costs one Argon2 verification whatever the number of
+    /// users (the token names its user), a repeat costs none (the cache),
+    /// and a failed attempt costs exactly one (the named user's hash, or
+    /// the dummy hash when the token names no token user).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_login_is_one_verification_whatever_the_number_of_users() {
+        let users: Vec<UserConfig> = (0..64)
+            .map(|i| UserConfig {
+                name: format!("svc.{i}"),
+                password_hash: None,
+                token_hash: Some(cheap_hash(&format!("svc.{i}.secret-{i}"))),
+            })
+            .collect();
+        let a = Auth::new(&cfg(users, false));
+        let n = |a: &Auth| a.verifications.load(Ordering::Relaxed);
+        let tok = |t: &str| Credentials {
+            protocol: "t",
+            token: Some(t.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            a.check(&tok("svc.63.secret-63")).await,
+            Ok(Principal::user("svc.63"))
+        );
+        assert_eq!(n(&a), 1, "one verification, not one per user");
+        assert_eq!(
+            a.check(&tok("svc.63.secret-63")).await,
+            Ok(Principal::user("svc.63"))
+        );
+        assert_eq!(n(&a), 1, "a repeat comes from the cache");
+        for (t, what) in [
+            ("svc.63.secret-62", "a wrong secret"),
+            ("svc.62.secret-63", "another user's name"),
+            ("nobody.secret-63", "an unknown name"),
+            ("secret-63", "no name"),
+            ("svc.63.", "an empty secret"),
+        ] {
+            let before = n(&a);
+            assert_eq!(
+                a.check(&tok(t)).await,
+                Err(AuthError::BadCredentials),
+                "{what}"
+            );
+            assert_eq!(n(&a), before + 1, "{what}: exactly one verification");
+        }
+        assert_eq!(token_user("a.b.c"), Some("a.b"));
+        assert_eq!(token_user(".x"), None);
+        let t = new_token("svc.1");
+        assert_eq!(token_user(&t), Some("svc.1"));
+        assert_eq!(t.len(), "svc.1.".len() + 64);
     }
 
     #[tokio::test]

@@ -146,6 +146,18 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+impl Drop for Shared {
+    /// The broker owns its exchanges, queues and the bindings between them;
+    /// bindings point both ways (exchange → queue or exchange to route, queue
+    /// or destination exchange → exchange to unbind), so they are undone
+    /// here, or every bound exchange and queue would outlive the broker.
+    fn drop(&mut self) {
+        for ex in self.exchanges.get_mut().values() {
+            ex.clear();
+        }
+    }
+}
+
 /// A handle to the broker. Clone freely.
 #[derive(Debug, Clone)]
 pub struct Broker {

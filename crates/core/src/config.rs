@@ -170,7 +170,8 @@ pub struct Limits {
     pub connection_buffer_bytes: Size,
     /// Most open connections in total.
     pub max_connections: u64,
-    /// Most open connections from one source IP address.
+    /// Most open connections from one source IP address (clients behind
+    /// one NAT or proxy count as one address).
     pub max_connections_per_ip: u64,
     /// A client that connects but completes no protocol handshake within
     /// this time is disconnected.
@@ -186,10 +187,14 @@ pub struct Limits {
     /// Below this much free disk in the data directory publishers are held
     /// back the same way. 0 disables the check.
     pub disk_free_low_watermark: Size,
-    /// New connections accepted per second from one source IP address
-    /// (a token bucket allowing bursts of this size); past it connections
+    /// New connections accepted per second from one source IP address, on
+    /// average (a token bucket refilled at this rate); past it connections
     /// are closed at once. 0 disables the check.
     pub connection_rate_per_ip: u32,
+    /// New connections one source IP address may open at once before the
+    /// rate applies (the token bucket's size). 0: the same as
+    /// `connection_rate_per_ip`.
+    pub connection_burst_per_ip: u32,
     /// Delay before answering a failed login; doubled for each further
     /// failure from the same IP address within a minute.
     pub auth_failure_delay: Dur,
@@ -207,12 +212,13 @@ impl Default for Limits {
             connection_buffer: 4096,
             connection_buffer_bytes: Size::mib(8),
             max_connections: 100_000,
-            max_connections_per_ip: 100_000,
+            max_connections_per_ip: 1000,
             handshake_timeout: Dur::secs(10),
             queue_memory: Size::mib(64),
             memory_high_watermark: Size(0),
             disk_free_low_watermark: Size::mib(256),
-            connection_rate_per_ip: 0,
+            connection_rate_per_ip: 200,
+            connection_burst_per_ip: 1000,
             auth_failure_delay: Dur::millis(100),
             auth_failure_max_delay: Dur::secs(5),
         }

@@ -309,6 +309,22 @@ impl Exchange {
         true
     }
 
+    /// Drops every binding to and from this exchange, for a broker that is
+    /// going: bindings hold their destination queues and exchanges, which
+    /// hold them back (a queue's `BindingKey`s, an exchange's `inbound`),
+    /// so the broker's exchanges and queues would otherwise keep one
+    /// another alive after it is dropped.
+    pub(crate) fn clear(&self) {
+        let t = std::mem::take(&mut *self.table.write());
+        if self.kind == ExchangeKind::Topic {
+            for b in &t.bindings {
+                if let Ok(filter) = AddressFilter::new(&b.key) {
+                    self.topic.unsubscribe(&filter, &b.dest);
+                }
+            }
+        }
+    }
+
     /// Every binding of this exchange (destination, key, arguments).
     pub(crate) fn bindings(&self) -> Vec<(Dest, Str, Headers)> {
         self.table

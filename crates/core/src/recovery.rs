@@ -477,3 +477,106 @@ impl Recovering {
         report
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use crate::journal::{Journal, JournalConfig};
+    use crate::{Broker, CoreConfig, DeclareQueue, ExchangeKind, ExchangeOptions, QueueOptions};
+    use bytes::Bytes;
+    use std::sync::{Arc, Weak};
+    use switchyard_model::{Headers, Message, Str};
+
+    fn open(dir: &std::path::Path) -> Broker {
+        let b = Broker::with_journal(
+            CoreConfig::new(),
+            Journal::open(JournalConfig::new(dir)).unwrap(),
+        );
+        b.recover().unwrap();
+        b
+    }
+
+    /// Weak handles on everything a broker holds that bindings link: its
+    /// shared state, the exchanges and the queue.
+    fn watch(b: &Broker) -> Vec<(&'static str, Weak<dyn std::any::Any + Send + Sync>)> {
+        let x: Arc<dyn std::any::Any + Send + Sync> = b.shared.exchange("x").unwrap();
+        let y: Arc<dyn std::any::Any + Send + Sync> = b.shared.exchange("y").unwrap();
+        let topic: Arc<dyn std::any::Any + Send + Sync> = b.shared.exchange("amq.topic").unwrap();
+        let q: Arc<dyn std::any::Any + Send + Sync> = b.shared.queue("q").unwrap();
+        let shared: Arc<dyn std::any::Any + Send + Sync> = b.shared.clone();
+        vec![
+            ("exchange x", Arc::downgrade(&x)),
+            ("exchange y", Arc::downgrade(&y)),
+            ("amq.topic", Arc::downgrade(&topic)),
+            ("queue q", Arc::downgrade(&q)),
+            ("broker", Arc::downgrade(&shared)),
+        ]
+    }
+
+    fn assert_freed(
+        what: &str,
+        watched: Vec<(&'static str, Weak<dyn std::any::Any + Send + Sync>)>,
+    ) {
+        for (name, w) in watched {
+            assert!(
+                w.upgrade().is_none(),
+                "{what}: {name} is still alive after the broker was dropped"
+            );
+        }
+    }
+
+    /// Bindings link exchanges and queues both ways (an exchange routes to
+    /// its queues and to exchanges bound to it; a queue and a destination
+    /// exchange remember their bindings to undo them): a dropped broker
+    /// must still free them all, whether the bindings were made live or
+    /// rebuilt by recovery.
+    #[tokio::test]
+    async fn a_dropped_broker_frees_its_exchanges_and_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = open(dir.path());
+        let durable = ExchangeOptions {
+            durable: true,
+            ..Default::default()
+        };
+        b.declare_exchange("x", ExchangeKind::Topic, durable.clone(), false)
+            .unwrap();
+        b.declare_exchange("y", ExchangeKind::Fanout, durable, false)
+            .unwrap();
+        b.declare_queue(
+            DeclareQueue {
+                name: Some(Str::from("q")),
+                options: QueueOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                passive: false,
+            },
+            None,
+        )
+        .unwrap();
+        let none = Headers::default();
+        b.bind_queue("q", "x", "a.#", &none, None).unwrap();
+        b.bind_queue("q", "amq.topic", "t.#", &none, None).unwrap();
+        b.bind_exchange("x", "y", "", &none).unwrap();
+        b.bind_exchange("y", "x", "b.#", &none).unwrap();
+        let s = b.session("test", b.next_conn_id());
+        let mut m = Message::anycast("q", Bytes::from_static(b"kept"));
+        m.properties.durable = true;
+        if let Some(c) = s.publish(m).unwrap().completion {
+            c.await.unwrap();
+        }
+        drop(s);
+        let watched = watch(&b);
+        b.close_journal().await.unwrap();
+        drop(b);
+        assert_freed("live bindings", watched);
+
+        let b = open(dir.path());
+        assert_eq!(b.exchange_info("x").unwrap().bindings, 2, "recovered");
+        let watched = watch(&b);
+        b.close_journal().await.unwrap();
+        drop(b);
+        assert_freed("recovered bindings", watched);
+    }
+}

@@ -419,6 +419,47 @@ mod tests {
         assert_eq!(c.server.data_dir, PathBuf::from("./data"));
     }
 
+    /// config/switchyard.toml shows every `[limits]` key with its default.
+    #[test]
+    fn the_reference_file_writes_every_limit_with_its_default() {
+        let text = include_str!("../../../config/switchyard.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.core.limits, switchyard_core::Limits::default());
+        let section = text
+            .split("\n[limits]\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n[").next())
+            .unwrap();
+        let keys: Vec<&str> = section
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(" = "))
+            .filter_map(|l| l.split(" = ").next())
+            .collect();
+        for key in [
+            "max_message_size",
+            "max_queues",
+            "max_consumers_per_connection",
+            "max_unacked_per_consumer",
+            "connection_buffer",
+            "connection_buffer_bytes",
+            "max_connections",
+            "max_connections_per_ip",
+            "handshake_timeout",
+            "queue_memory",
+            "memory_high_watermark",
+            "disk_free_low_watermark",
+            "connection_rate_per_ip",
+            "connection_burst_per_ip",
+            "auth_failure_delay",
+            "auth_failure_max_delay",
+        ] {
+            assert!(
+                keys.contains(&key),
+                "[limits] {key} is not in the reference file"
+            );
+        }
+    }
+
     #[test]
     fn unknown_keys_are_reported_with_their_path() {
         let e = Config::from_toml("[server]\nnmae = \"x\"\n").unwrap_err();

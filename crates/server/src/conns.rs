@@ -24,9 +24,10 @@ pub(crate) struct Admission {
     max_per_ip: u64,
     total: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, u64>>,
-    /// New connections per second per IP (0: unlimited), and each IP's
-    /// token bucket: (tokens, last refill).
+    /// New connections per second per IP (0: unlimited), the bucket's
+    /// size (the burst), and each IP's token bucket: (tokens, last refill).
     rate_per_ip: u32,
+    burst_per_ip: u32,
     rates: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     pub(crate) by_protocol: HashMap<&'static str, ProtocolCounters>,
 }
@@ -39,6 +40,7 @@ impl Admission {
             total: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
             rate_per_ip: 0,
+            burst_per_ip: 0,
             rates: Mutex::new(HashMap::new()),
             by_protocol: protocols
                 .iter()
@@ -47,9 +49,11 @@ impl Admission {
         }
     }
 
-    /// Limits new connections per second from one IP address (0: none).
-    pub(crate) fn with_rate_per_ip(mut self, rate: u32) -> Self {
+    /// Limits new connections per second from one IP address (0: none),
+    /// allowing bursts of `burst` (0: `rate`).
+    pub(crate) fn with_rate_per_ip(mut self, rate: u32, burst: u32) -> Self {
         self.rate_per_ip = rate;
+        self.burst_per_ip = if burst == 0 { rate } else { burst };
         self
     }
 
@@ -59,14 +63,16 @@ impl Admission {
             return true;
         }
         let rate = f64::from(self.rate_per_ip);
+        let burst = f64::from(self.burst_per_ip);
         let now = Instant::now();
         let mut rates = self.rates.lock();
         if rates.len() >= MAX_RATE_ENTRIES && !rates.contains_key(&ip) {
-            // Buckets idle for a second are full again: forget them.
-            rates.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(1));
+            // Buckets idle for burst/rate seconds are full again: forget them.
+            let refill = Duration::from_secs_f64(burst / rate);
+            rates.retain(|_, (_, at)| now.duration_since(*at) < refill);
         }
-        let (tokens, at) = rates.entry(ip).or_insert((rate, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        let (tokens, at) = rates.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -171,7 +177,7 @@ mod tests {
 
     #[test]
     fn connection_rate_per_ip() {
-        let a = Arc::new(Admission::new(1000, 1000, &["x"]).with_rate_per_ip(3));
+        let a = Arc::new(Admission::new(1000, 1000, &["x"]).with_rate_per_ip(3, 0));
         let ip1: IpAddr = "10.0.0.1".parse().unwrap();
         let ip2: IpAddr = "10.0.0.2".parse().unwrap();
         let held: Vec<_> = (0..3).map(|_| a.admit("x", ip1).unwrap()).collect();
@@ -179,6 +185,21 @@ mod tests {
         assert!(a.admit("x", ip2).is_some(), "another IP has its own bucket");
         std::thread::sleep(Duration::from_millis(400));
         assert!(a.admit("x", ip1).is_some(), "refilled");
+        drop(held);
+    }
+
+    #[test]
+    fn a_burst_larger_than_the_rate_then_the_rate() {
+        let a = Arc::new(Admission::new(1000, 1000, &["x"]).with_rate_per_ip(10, 50));
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..50).map(|_| a.admit("x", ip).unwrap()).collect();
+        assert!(a.admit("x", ip).is_none(), "burst of 50 spent");
+        std::thread::sleep(Duration::from_millis(350));
+        let more = (0..10).filter_map(|_| a.admit("x", ip)).count();
+        assert!(
+            (2..=5).contains(&more),
+            "refilled at 10/s, not to the burst: {more}"
+        );
         drop(held);
     }
 

@@ -7,7 +7,7 @@
 //! protocol.
 
 use crate::Ctx;
-use crate::http_conn::{HttpListener, KillSwitch};
+use crate::http_conn::{HeadTimeouts, HttpListener, KillSwitch};
 use crate::registry::WsRoute;
 use crate::ws::WsStream;
 use axum::Router;
@@ -81,11 +81,18 @@ fn router(state: AppState, ws: &[WsService]) -> Router {
 pub(crate) async fn serve(s: Serve) {
     let api = s.api;
     let switch = Arc::new(KillSwitch::default());
-    let listener = HttpListener {
+    let config = api.config();
+    let heads = HeadTimeouts {
+        first_idle: s.handshake_timeout,
+        keep_alive: config.keep_alive_timeout.get(),
+        header: config.header_timeout.get(),
+    };
+    let mut listener = HttpListener {
         socket: s.socket,
         admission: s.ctx.admission.clone(),
-        write_timeout: api.config().write_timeout.get(),
+        write_timeout: config.write_timeout.get(),
         handshake_timeout: s.handshake_timeout,
+        heads,
         switch: switch.clone(),
         tls: s.tls,
         handshakes: tokio::task::JoinSet::new(),
@@ -97,8 +104,6 @@ pub(crate) async fn serve(s: Serve) {
     };
     let app = router(state, &s.ws).merge(api.router());
     drop(api);
-    // `tap_io` only to get `ConnectInfo<SocketAddr>` from axum.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |_| {});
     let stop = s.stop;
     let grace = s.grace;
     let killer = {
@@ -110,18 +115,80 @@ pub(crate) async fn serve(s: Serve) {
             switch.kill();
         }))
     };
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        stop.cancelled().await;
-        switch.stopping();
-    })
-    .await;
+    // hyper's HTTP/1 server, one task per connection (what `axum::serve`
+    // does, plus the request-head timer, which `axum::serve` cannot set).
+    // Once the listener stops, connections finish their current response
+    // (hyper's graceful shutdown) within the grace period.
+    let finish = CancellationToken::new();
+    let conns = TaskTracker::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
+        };
+        let timer = io.head_timer();
+        let service = hyper_util::service::TowerToHyperService::new(WithPeer {
+            app: app.clone(),
+            peer,
+        });
+        let finish = finish.clone();
+        conns.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // The timer decides the deadlines (`HeadClock`); hyper only
+            // needs some header timeout to run it.
+            builder.timer(timer).header_read_timeout(heads.keep_alive);
+            let conn = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = finish.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "HTTP connection closed with an error");
+            }
+        });
+    }
+    switch.stopping();
+    finish.cancel();
+    drop(listener);
+    conns.close();
+    conns.wait().await;
     drop(killer);
-    if let Err(e) = result {
-        tracing::error!(error = %e, "HTTP listener failed");
+}
+
+/// The router, with the connection's peer address as axum's
+/// `ConnectInfo<SocketAddr>` in every request.
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl tower_service::Service<axum::http::Request<hyper::body::Incoming>> for WithPeer {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        <Router as tower_service::Service<axum::http::Request<hyper::body::Incoming>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<axum::http::Request<hyper::body::Incoming>>::poll_ready(
+            &mut self.app,
+            cx,
+        )
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        tower_service::Service::call(&mut self.app, req)
     }
 }
 

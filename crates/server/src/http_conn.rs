@@ -8,13 +8,28 @@
 //! * that is still open `shutdown_grace` after the listener stopped, so the
 //!   listener's graceful shutdown (which waits for open responses) ends even
 //!   when a client never reads again.
+//!
+//! and the request-head timer ([`HeadClock`], given to hyper as its
+//! [`hyper::rt::Timer`]): whenever hyper waits for a request's header block
+//! — the first request of a connection and every later one on a keep-alive
+//! connection — the connection is closed when
+//!
+//! * no byte of it arrives within the idle time: `limits.handshake_timeout`
+//!   for the first request (a client that connects and says nothing),
+//!   `keep_alive_timeout` after a response (an idle keep-alive connection);
+//! * or the block is not whole within `header_timeout` of its first byte
+//!   (a client dribbling its headers, slowloris).
+//!
+//! hyper starts the timer when it begins reading a head and drops it once
+//! the head is parsed, so request bodies, long polls and streamed
+//! responses are never timed by it.
 
 use crate::conns::{Admission, Admitted};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use switchyard_core::spi::Stream;
@@ -50,14 +65,152 @@ impl KillSwitch {
     }
 }
 
+/// The request-head timer of one connection (see the module docs): shared
+/// by its [`HttpIo`], which notes the first byte of a head, and the
+/// [`HeadTimer`] hyper arms while it waits for one.
+#[derive(Debug)]
+pub(crate) struct HeadClock {
+    /// hyper is waiting for a request head (a [`HeadSleep`] is alive).
+    waiting: AtomicBool,
+    /// When the head's first byte arrived, in nanoseconds since `epoch`,
+    /// plus one; 0: not yet.
+    first_byte: AtomicU64,
+    epoch: Instant,
+    /// Heads waited for so far (the first gets `first_idle`).
+    waits: AtomicU64,
+    first_idle: Duration,
+    keep_alive: Duration,
+    header: Duration,
+}
+
+/// The request-head timeouts of an HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadTimeouts {
+    /// No byte of the first request within this: closed
+    /// (`limits.handshake_timeout`).
+    pub(crate) first_idle: Duration,
+    /// No byte of a next request within this after a response: closed.
+    pub(crate) keep_alive: Duration,
+    /// A head not whole within this of its first byte: closed.
+    pub(crate) header: Duration,
+}
+
+impl HeadClock {
+    pub(crate) fn new(t: HeadTimeouts) -> Arc<HeadClock> {
+        Arc::new(HeadClock {
+            waiting: AtomicBool::new(false),
+            first_byte: AtomicU64::new(0),
+            epoch: Instant::now(),
+            waits: AtomicU64::new(0),
+            first_idle: t.first_idle,
+            keep_alive: t.keep_alive,
+            header: t.header,
+        })
+    }
+
+    /// Bytes were read: the first of a head starts its header timer.
+    #[inline]
+    fn saw_bytes(&self) {
+        if self.waiting.load(Ordering::Relaxed) && self.first_byte.load(Ordering::Relaxed) == 0 {
+            let at = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+            self.first_byte.store(at + 1, Ordering::Relaxed);
+        }
+    }
+
+    fn first_byte(&self) -> Option<Instant> {
+        match self.first_byte.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.epoch + Duration::from_nanos(n - 1)),
+        }
+    }
+}
+
+/// hyper's timer for one connection: every `sleep_until` is a wait for a
+/// request head (hyper's HTTP/1 server uses its timer for nothing else:
+/// `header_read_timeout`), whose deadline the [`HeadClock`] decides.
+#[derive(Debug, Clone)]
+pub(crate) struct HeadTimer(pub(crate) Arc<HeadClock>);
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(PlainSleep(Box::pin(tokio::time::sleep(duration))))
+    }
+
+    fn sleep_until(&self, _deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        let clock = self.0.clone();
+        let n = clock.waits.fetch_add(1, Ordering::Relaxed);
+        let first = n == 0;
+        clock.first_byte.store(0, Ordering::Relaxed);
+        clock.waiting.store(true, Ordering::Relaxed);
+        let idle = if first {
+            clock.first_idle
+        } else {
+            clock.keep_alive
+        };
+        Box::pin(HeadSleep {
+            clock,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            header_armed: false,
+            wait: n,
+        })
+    }
+}
+
+struct PlainSleep(Pin<Box<Sleep>>);
+
+impl std::future::Future for PlainSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for PlainSleep {}
+
+/// A wait for a request head: ready at the idle deadline, or, once the
+/// head's first byte arrived, `header` after it.
+struct HeadSleep {
+    clock: Arc<HeadClock>,
+    sleep: Pin<Box<Sleep>>,
+    header_armed: bool,
+    /// Which wait this is (`HeadClock::waits` before it).
+    wait: u64,
+}
+
+impl std::future::Future for HeadSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.header_armed
+            && let Some(at) = self.clock.first_byte()
+        {
+            self.header_armed = true;
+            let deadline = at + self.clock.header;
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
+
+impl Drop for HeadSleep {
+    fn drop(&mut self) {
+        // The head was parsed (or the connection is going), unless a newer
+        // wait replaced this one.
+        if self.clock.waits.load(Ordering::Relaxed) == self.wait + 1 {
+            self.clock.waiting.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Accepts HTTP connections through admission.
 pub(crate) struct HttpListener {
     pub(crate) socket: TcpListener,
     pub(crate) admission: Arc<Admission>,
     pub(crate) write_timeout: Duration,
-    /// A connection that sends nothing for this long is closed
-    /// (`limits.handshake_timeout`).
+    /// The TLS handshake's limit (`limits.handshake_timeout`).
     pub(crate) handshake_timeout: Duration,
+    pub(crate) heads: HeadTimeouts,
     pub(crate) switch: Arc<KillSwitch>,
     /// HTTPS: handshakes run on tasks of their own (`handshakes`), so a
     /// client that stalls its handshake holds up no one else.
@@ -101,8 +254,7 @@ impl axum::serve::Listener for HttpListener {
                 stalled: false,
                 switch: self.switch.clone(),
                 kill: None,
-                silent: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
-                read_early: 0,
+                clock: HeadClock::new(self.heads),
             };
             let Some(tls) = &self.tls else {
                 return (io(Box::new(tcp), slot), peer);
@@ -146,19 +298,9 @@ pub(crate) struct HttpIo {
     switch: Arc<KillSwitch>,
     /// Made once the listener is stopping and the I/O is pending.
     kill: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// The handshake deadline: until the first response is written (or a
-    /// body larger than any header block is being read), reads must not
-    /// stall past it — a silent client, or one that dribbles its request
-    /// headers a byte at a time (slowloris), is closed.
-    silent: Option<Pin<Box<Sleep>>>,
-    /// Bytes read while `silent` is armed.
-    read_early: usize,
+    /// The request-head timer, told when bytes arrive.
+    clock: Arc<HeadClock>,
 }
-
-/// Past this many bytes read before the first response, the client is
-/// sending a body (hyper refuses header blocks far smaller): the handshake
-/// deadline no longer applies.
-const HEADER_BOUND: usize = 1024 * 1024;
 
 fn killed() -> io::Error {
     io::Error::new(
@@ -168,6 +310,11 @@ fn killed() -> io::Error {
 }
 
 impl HttpIo {
+    /// The timer to give hyper for this connection.
+    pub(crate) fn head_timer(&self) -> HeadTimer {
+        HeadTimer(self.clock.clone())
+    }
+
     #[inline]
     fn is_killed(&self) -> bool {
         self.switch.killed.load(Ordering::Relaxed)
@@ -190,8 +337,6 @@ impl HttpIo {
     }
 
     fn on_write<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        // A response is going out: the first request arrived whole.
-        self.silent = None;
         match r {
             Poll::Ready(r) => {
                 self.stalled = false;
@@ -229,23 +374,10 @@ impl AsyncRead for HttpIo {
         }
         let before = buf.filled().len();
         match Pin::new(&mut self.tcp).poll_read(cx, buf) {
-            Poll::Pending => {
-                if let Some(silent) = self.silent.as_mut()
-                    && silent.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "closed: no complete request within the handshake timeout",
-                    )));
-                }
-                self.check_kill(cx).map(Err)
-            }
+            Poll::Pending => self.check_kill(cx).map(Err),
             ready => {
-                if self.silent.is_some() {
-                    self.read_early += buf.filled().len() - before;
-                    if self.read_early > HEADER_BOUND {
-                        self.silent = None;
-                    }
+                if buf.filled().len() > before {
+                    self.clock.saw_bytes();
                 }
                 ready
             }

@@ -123,7 +123,10 @@ impl Server {
                 limits.max_connections_per_ip,
                 &protocols,
             )
-            .with_rate_per_ip(limits.connection_rate_per_ip),
+            .with_rate_per_ip(
+                limits.connection_rate_per_ip,
+                limits.connection_burst_per_ip,
+            ),
         );
         let ctx = Arc::new(Ctx {
             broker: broker.clone(),

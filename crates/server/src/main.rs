@@ -39,8 +39,13 @@ enum Command {
     Protocols,
     /// Read a password (or token) from stdin — its first line, without the
     /// line ending — and print its Argon2id hash for `[[users]]`
-    /// `password_hash` / `token_hash`.
+    /// `password_hash` / `token_hash`. A token must be `<user>.<secret>`.
     Passwd,
+    /// Make a new random token for USER (NATS `auth_token`, HTTP Bearer):
+    /// prints the token (`USER.<64 hex digits>`, for the client; it is not
+    /// kept anywhere) on the first line and its Argon2id hash (the user's
+    /// `token_hash`) on the second.
+    Token { user: String },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +66,23 @@ fn main() -> ExitCode {
             match switchyard_core::auth::hash_password(secret.as_bytes()) {
                 Ok(h) => {
                     println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Token { user } => {
+            if user.is_empty() {
+                eprintln!("error: empty user name");
+                return ExitCode::from(1);
+            }
+            let token = switchyard_core::auth::new_token(&user);
+            match switchyard_core::auth::hash_password(token.as_bytes()) {
+                Ok(h) => {
+                    println!("{token}\n{h}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -45,6 +45,16 @@ pub struct HttpConfig {
     /// closes the connection: a client that stops reading its Server-Sent
     /// Events stream is cut off instead of being buffered for.
     pub write_timeout: Dur,
+    /// A request's header block must arrive whole within this time of its
+    /// first byte, on every request of a connection (keep-alive included):
+    /// a client dribbling its headers (slowloris) is closed.
+    pub header_timeout: Dur,
+    /// A keep-alive connection idle for this long after its last response
+    /// (no byte of a next request) is closed. Longer than the usual proxy
+    /// and load-balancer upstream idle timeouts (60 s), so that they close
+    /// first. The first request of a connection gets
+    /// `limits.handshake_timeout` instead.
+    pub keep_alive_timeout: Dur,
 }
 
 impl Default for HttpConfig {
@@ -63,6 +73,8 @@ impl Default for HttpConfig {
             max_messages: 100,
             max_unacked: 100_000,
             write_timeout: Dur::secs(30),
+            header_timeout: Dur::secs(5),
+            keep_alive_timeout: Dur::secs(75),
         }
     }
 }
@@ -81,6 +93,12 @@ impl HttpConfig {
         }
         if self.write_timeout.get().is_zero() {
             return Err("write_timeout: must be more than 0s".into());
+        }
+        if self.header_timeout.get().is_zero() {
+            return Err("header_timeout: must be more than 0s".into());
+        }
+        if self.keep_alive_timeout.get().is_zero() {
+            return Err("keep_alive_timeout: must be more than 0s".into());
         }
         if self.default_visibility > self.max_visibility {
             return Err("default_visibility: must not exceed max_visibility".into());
