@@ -139,7 +139,8 @@ impl Io {
         let r = tokio::time::timeout(self.write_timeout, async {
             match refs.as_deref() {
                 None => stream.write_all(buf).await?,
-                Some(r) => write_chain(stream, buf, r).await?,
+                // Boxed: only turns with large payloads pay for its state.
+                Some(r) => Box::pin(write_chain(stream, buf, r)).await?,
             }
             stream.flush().await
         })
@@ -358,13 +359,14 @@ struct Conn {
     /// publishers.
     publisher: bool,
     will: Option<Box<codec::Will>>,
-    window: usize,
+    /// The outgoing in-flight window (at most 65535).
+    window: u16,
     qos2: Qos2Ids,
     in_aliases: InboundAliases,
     /// Topic aliases the client accepts (5.0).
     out_alias_max: u16,
     /// The client's Maximum Packet Size.
-    client_max_packet: usize,
+    client_max_packet: u32,
     /// Last topic published and its address (publishers repeat topics).
     last_topic: Option<(bytes::Bytes, Str)>,
     /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
@@ -683,12 +685,9 @@ async fn open(
         &mut io.wbuf,
     );
     let client_max_packet = if v5 {
-        connect
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |m| m as usize)
+        connect.properties.maximum_packet_size.unwrap_or(u32::MAX)
     } else {
-        usize::MAX
+        u32::MAX
     };
     let mut c = Box::new(Conn {
         cfg: cfg.clone(),
@@ -705,7 +704,7 @@ async fn open(
         last_rx: Instant::now(),
         publisher: false,
         will: connect.will.clone().map(Box::new),
-        window: window.max(1),
+        window: u16::try_from(window.max(1)).unwrap_or(u16::MAX),
         qos2,
         in_aliases: InboundAliases::default(),
         out_alias_max,
@@ -743,10 +742,19 @@ async fn open(
 
 /// The session's next delivery (never, without a session), with the
 /// handle to take more.
-async fn relieved(p: Option<&switchyard_core::Pressure>) {
-    match p {
-        Some(p) => p.relieved().await,
-        None => std::future::pending().await,
+/// A publishing connection's wait: while pressed by a full subscription
+/// (`max_queued_*`), until it is relieved; otherwise the broker's flow
+/// state (see [`switchyard_core::Flow::turn`]). One `select!` branch for
+/// both, and the pressure's wait boxed (made only while pressed), so the
+/// connection's `select!` state does not grow.
+async fn held(
+    flow: &mut switchyard_core::Flow,
+    hold: bool,
+    pressure: Option<&switchyard_core::Pressure>,
+) {
+    match pressure {
+        Some(p) => Box::pin(p.relieved()).await,
+        None => flow.turn(hold).await,
     }
 }
 
@@ -1048,8 +1056,10 @@ impl Conn {
             let hold = self.publisher && flow.is_blocked();
             // Held back by a slow subscriber's full queue (see
             // `max_queued_messages`), likewise.
-            let pressure = self.pressure.take().filter(|p| !p.is_relieved());
-            let pressed = pressure.is_some();
+            if self.pressure.as_ref().is_some_and(|p| p.is_relieved()) {
+                self.pressure = None;
+            }
+            let pressed = self.pressure.is_some();
             if hold || pressed {
                 self.last_rx = Instant::now();
             }
@@ -1106,8 +1116,7 @@ impl Conn {
                         format!("a message could not be stored: {e}"),
                     )),
                 },
-                () = flow.turn(hold), if self.publisher => Ok(()),
-                () = relieved(pressure.as_ref()), if pressed => Ok(()),
+                () = held(&mut flow, hold, self.pressure.as_ref()), if self.publisher => Ok(()),
                 r = self.io.read(want), if can_read => match r {
                     Ok(0) => Err(Close::Gone(None)),
                     Err(e) => Err(Close::Gone(Some(e))),
@@ -1123,9 +1132,6 @@ impl Conn {
                 && s.deliveries.is_none()
             {
                 s.deliveries = deliveries;
-            }
-            if self.pressure.is_none() {
-                self.pressure = pressure;
             }
             if let Err(close) = turn {
                 if let Close::Server(code, why) = &close {
@@ -1783,7 +1789,7 @@ impl Conn {
         source: Option<(ConsumerId, switchyard_model::DeliveryTag)>,
         sub_ids: SmallVec<[u32; 2]>,
     ) {
-        let window = self.window;
+        let window = usize::from(self.window);
         let Some(sub) = self.sub.as_deref_mut() else {
             return;
         };
@@ -1853,10 +1859,11 @@ impl Conn {
             sub_ids,
             now,
         };
-        if mapping::publish_len(&o, *v5).2 > *client_max_packet {
+        let max = usize::try_from(*client_max_packet).unwrap_or(usize::MAX);
+        if mapping::publish_len(&o, *v5).2 > max {
             // [MQTT-3.1.2-25]: too large for the client; dropped as if sent.
             o.alias = Alias::None;
-            if mapping::publish_len(&o, *v5).2 > *client_max_packet {
+            if mapping::publish_len(&o, *v5).2 > max {
                 tracing::debug!(
                     size = msg.body.len(),
                     "message larger than the client accepts; dropped"
@@ -1891,7 +1898,7 @@ impl Conn {
 
     fn drain_waiting(&mut self) {
         loop {
-            let window = self.window;
+            let window = usize::from(self.window);
             let Some(sub) = self.sub.as_deref_mut() else {
                 return;
             };
