@@ -512,7 +512,7 @@ async fn block_overflow_keeps_every_message_and_presses_publishers_until_half_dr
         got.push(x.message.body.clone());
         c.ack(id, x.tag, false).unwrap();
     }
-    assert_eq!(got, ["1", "2", "3", "4", "5", "6"].map(|s| Bytes::from(s)));
+    assert_eq!(got, ["1", "2", "3", "4", "5", "6"].map(Bytes::from));
 }
 
 #[test]
