@@ -6,6 +6,7 @@ properties and request/response, message expiry, maximum packet size, the
 keep-alive timeout (a raw socket) and MQTT over WebSocket.
 """
 
+import os
 import queue
 import socket
 import struct
@@ -333,3 +334,22 @@ def test_mqtt_over_websocket(broker):
     assert tcp.get().payload == b"from the browser"
     ws.close()
     tcp.close()
+
+
+@pytest.mark.parametrize("ws", [False, True], ids=["tcp", "websocket"])
+def test_mqtt_large_bodies_arrive_byte_identical(broker, ws):
+    """Payloads of 64 KiB and 1 MiB (sent by the broker straight from the
+    message, not copied into its write buffer) among small ones, at QoS 0
+    and 1, over TCP and WebSocket."""
+    sub = Client(broker, ws=ws)
+    pub = Client(broker)
+    sub.sub("big/#", 1)
+    sizes = [64 * 1024, 16, 1 << 20, 8 * 1024, 8 * 1024 - 1, 0, 64 * 1024 + 3]
+    want = [os.urandom(n) for n in sizes]
+    for i, body in enumerate(want):
+        pub.pub("big/x", body, qos=i % 2)
+    got = [sub.get() for _ in want]
+    assert [m and len(m.payload) for m in got] == sizes
+    assert [m.payload for m in got] == want
+    sub.close()
+    pub.close()

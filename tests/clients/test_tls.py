@@ -351,3 +351,18 @@ def test_check_config_loads_the_tls_files(tmp_path):
     nofiles.write_text('[listeners.amqp-tls]\nbind = "127.0.0.1:0"\n')
     out = subprocess.run([binary(), "check-config", str(nofiles)], capture_output=True, text=True)
     assert out.returncode != 0 and "listeners.amqp-tls.tls" in out.stderr, out.stderr
+
+
+def test_mqtt_large_bodies_over_tls(tls_broker):
+    """64 KiB and 1 MiB payloads among small ones arrive byte-identical."""
+    c, got = mqtt_client(tls_broker, "tls-big", tls_broker.pki.context())
+    r = c.subscribe("tls/big", qos=1)
+    assert r[0] == mqtt.MQTT_ERR_SUCCESS
+    time.sleep(0.3)
+    want = [os.urandom(n) for n in (64 * 1024, 16, 1 << 20, 8 * 1024, 0, 64 * 1024 + 1)]
+    for i, body in enumerate(want):
+        c.publish("tls/big", body, qos=i % 2).wait_for_publish(10)
+    assert wait_for(lambda: len(got) == len(want), timeout=20)
+    assert got == want
+    c.loop_stop()
+    c.disconnect()

@@ -57,6 +57,38 @@ pub struct Published {
     /// Present when the message went into a durable queue and is being
     /// journaled: resolves once it is on disk. Confirm only after it.
     pub completion: Option<Completion>,
+    /// Present when a queue the message went into (`overflow = block`) is
+    /// past its limits: the publisher should take no more messages from its
+    /// client until [`Pressure::relieved`] resolves.
+    pub pressure: Option<Pressure>,
+}
+
+/// Back-pressure from a queue with `overflow = block` (see
+/// [`crate::Overflow::Block`]): a publisher holds its client back until
+/// the queue has drained to half its limits or is deleted.
+#[derive(Debug, Clone)]
+pub struct Pressure {
+    queue: Arc<Queue>,
+}
+
+impl Pressure {
+    /// True once publishers may go on.
+    pub fn is_relieved(&self) -> bool {
+        !self.queue.is_pressured()
+    }
+
+    /// Resolves once publishers may go on. Cancel-safe.
+    pub async fn relieved(&self) {
+        loop {
+            let notified = self.queue.relief.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_relieved() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Published {
@@ -173,6 +205,7 @@ fn add_stats(a: &mut QueueStats, b: &QueueStats) {
     a.dead_lettered += b.dead_lettered;
     a.dropped += b.dropped;
     a.rejected_publishes += b.rejected_publishes;
+    a.blocked += b.blocked;
 }
 
 fn describe(v: Option<&Value>) -> String {
@@ -392,6 +425,7 @@ impl Broker {
             routed: 0,
             rejected: 0,
             completion: None,
+            pressure: None,
         };
         s.route_and_enqueue(&msg, &mut out, &mut fx)?;
         if fx.journaled
@@ -813,6 +847,9 @@ impl Shared {
             let mut st = q.lock();
             q.enqueue(&mut st, msg, fx)
         };
+        if out.pressure.is_none() && q.is_pressured() {
+            out.pressure = Some(Pressure { queue: q.clone() });
+        }
         match r {
             Enqueued::Accepted => out.routed += 1,
             Enqueued::Rejected => out.rejected += 1,
@@ -966,6 +1003,7 @@ impl Shared {
             routed: 0,
             rejected: 0,
             completion: None,
+            pressure: None,
         };
         if let Err(e) = self.route_and_enqueue(&msg, &mut out, fx) {
             tracing::debug!(error = %e, queue = %d.queue, "dead letter could not be routed");

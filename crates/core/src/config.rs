@@ -135,6 +135,11 @@ pub enum Overflow {
     RejectPublish,
     /// Refuse the new message and dead-letter it.
     RejectPublishDlx,
+    /// Keep every message, but tell publishers to wait: past the limit a
+    /// publish returns a [`crate::Pressure`] that resolves once the queue
+    /// has drained to half its limits (ActiveMQ Artemis' `BLOCK` address
+    /// policy). Nothing is dropped; publishers that ignore it are not held.
+    Block,
 }
 
 impl Overflow {

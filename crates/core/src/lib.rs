@@ -55,7 +55,9 @@ pub mod traffic;
 mod watch;
 
 pub use auth::{AuthError, Authorizer, Credentials, Principal, Verb};
-pub use broker::{BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Published};
+pub use broker::{
+    BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Pressure, Published,
+};
 pub use clients::{Claim, ClientRegistry, ParkTicket, Parked};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};
 pub use error::{CoreError, CoreResult};

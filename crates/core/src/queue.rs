@@ -138,6 +138,9 @@ pub struct QueueStats {
     pub dead_lettered: u64,
     pub dropped: u64,
     pub rejected_publishes: u64,
+    /// Times an `overflow = block` queue went past its limits and asked
+    /// publishers to wait.
+    pub blocked: u64,
 }
 
 /// Work collected under a queue lock, applied by the broker after unlocking.
@@ -436,6 +439,10 @@ pub(crate) struct Queue {
     /// Bytes of ready bodies kept in memory; durable messages past it are
     /// paged out to the journal.
     page_after: u64,
+    /// `overflow = block`: the queue went past its limits and has not yet
+    /// drained to half of them; publishers wait on `relief`.
+    pressured: AtomicBool,
+    pub(crate) relief: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Queue {
@@ -486,6 +493,35 @@ impl Queue {
             store_id,
             store,
             page_after,
+            pressured: AtomicBool::new(false),
+            relief: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// True while an `overflow = block` queue asks publishers to wait.
+    #[inline]
+    pub(crate) fn is_pressured(&self) -> bool {
+        self.pressured.load(Ordering::Acquire)
+    }
+
+    /// Ends the pressure once the ready messages are down to half the
+    /// limits (or the queue is gone). Called with the lock held.
+    fn relieve_if_drained(&self, st: &State) {
+        if !self.pressured.load(Ordering::Relaxed) {
+            return;
+        }
+        let low = st.deleted
+            || (self
+                .options
+                .max_length
+                .is_none_or(|m| st.ready.len as u64 <= m / 2)
+                && self
+                    .options
+                    .max_bytes
+                    .is_none_or(|m| st.ready.bytes <= m / 2));
+        if low {
+            self.pressured.store(false, Ordering::Release);
+            self.relief.notify_waiters();
         }
     }
 
@@ -679,6 +715,11 @@ impl Queue {
                         return Enqueued::Rejected;
                     }
                 }
+                Overflow::Block => {
+                    if !self.pressured.swap(true, Ordering::AcqRel) {
+                        st.stats.blocked += 1;
+                    }
+                }
                 Overflow::DropHead => {
                     let mut dropped = false;
                     while self.over_limit(st) {
@@ -758,6 +799,7 @@ impl Queue {
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State, fx: &mut Effects) {
         let n = st.consumers.len();
         if n == 0 || st.ready.len == 0 {
+            self.relieve_if_drained(st);
             return;
         }
         // With a single active consumer only the first (non-passive) one
@@ -838,6 +880,7 @@ impl Queue {
                 }
             }
         }
+        self.relieve_if_drained(st);
     }
 
     /// Runs a dispatch pass (an outbox has room again) and applies its effects.
@@ -1174,6 +1217,7 @@ impl Queue {
         for e in &gone {
             self.forget(e, fx);
         }
+        self.relieve_if_drained(st);
         n
     }
 
@@ -1196,6 +1240,7 @@ impl Queue {
         for e in st.ready.drain() {
             release(&e);
         }
+        self.relieve_if_drained(st);
         self.watch.ready_gained();
         let consumers = std::mem::take(&mut st.consumers);
         consumers

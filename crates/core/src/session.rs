@@ -682,6 +682,7 @@ impl Session {
                 routed: 0,
                 rejected: 0,
                 completion: None,
+                pressure: None,
             };
             for q in queues {
                 if let Some(st) = index(q).and_then(|i| guards.get_mut(i)) {

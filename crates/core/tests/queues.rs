@@ -459,6 +459,62 @@ fn max_length_reject_publish_refuses_new_messages() {
     assert_eq!(s.publish(to_queue("q", "4")).unwrap().routed, 1);
 }
 
+#[tokio::test]
+async fn block_overflow_keeps_every_message_and_presses_publishers_until_half_drained() {
+    let b = broker();
+    let mut s = session(&b);
+    declare(
+        &mut s,
+        "q",
+        QueueOptions {
+            max_length: Some(4),
+            overflow: Overflow::Block,
+            ..Default::default()
+        },
+    );
+    for m in ["1", "2", "3", "4"] {
+        let p = s.publish(to_queue("q", m)).unwrap();
+        assert_eq!(p.routed, 1);
+        assert!(p.pressure.is_none(), "at the limit, not past it");
+    }
+    let p = s.publish(to_queue("q", "5")).unwrap();
+    assert_eq!((p.routed, p.rejected), (1, 0), "past the limit: kept");
+    let pressure = p.pressure.expect("past the limit: publishers are told");
+    assert!(!pressure.is_relieved());
+    // Later publishes are kept too, and see the same pressure.
+    assert!(s.publish(to_queue("q", "6")).unwrap().pressure.is_some());
+    assert_eq!(b.stats().queue_totals.blocked, 1);
+    assert_eq!(b.stats().queue_totals.dropped, 0);
+    // A consumer that takes one message at a time: relieved at half (2).
+    let mut c = session(&b);
+    let id = c
+        .consume(
+            "q",
+            ConsumeOptions {
+                manual_ack: true,
+                prefetch: 1,
+                exclusive: false,
+            },
+        )
+        .unwrap();
+    let mut d = c.deliveries();
+    let mut got = vec![];
+    while !pressure.is_relieved() {
+        let x = d.try_recv().expect("a delivery while pressed");
+        got.push(x.message.body.clone());
+        c.ack(id, x.tag, false).unwrap();
+    }
+    assert_eq!(got.len(), 3, "relieved once 2 of 4 are left ready");
+    tokio::time::timeout(Duration::from_secs(5), pressure.relieved())
+        .await
+        .unwrap();
+    while let Some(x) = d.try_recv() {
+        got.push(x.message.body.clone());
+        c.ack(id, x.tag, false).unwrap();
+    }
+    assert_eq!(got, ["1", "2", "3", "4", "5", "6"].map(Bytes::from));
+}
+
 #[test]
 fn max_bytes_limits_ready_bodies() {
     let b = broker();

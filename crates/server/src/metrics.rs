@@ -72,7 +72,7 @@ pub(crate) fn render(ctx: &Ctx) -> String {
 
     let s = ctx.broker.stats();
     let t = &s.queue_totals;
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "switchyard_messages_published_total",
             "Messages published.",
@@ -122,6 +122,11 @@ pub(crate) fn render(ctx: &Ctx) -> String {
             "switchyard_messages_rejected_total",
             "Publishes refused by reject-publish overflow.",
             t.rejected_publishes,
+        ),
+        (
+            "switchyard_queue_blocked_total",
+            "Times a queue with block overflow went past its limits and held its publishers back.",
+            t.blocked,
         ),
     ];
     for (name, help, v) in counters {

@@ -43,6 +43,18 @@ pub struct MqttConfig {
     /// A write to the client that does not complete in this time closes the
     /// connection (a client that does not read).
     pub write_timeout: Dur,
+    /// Messages a clean-session (non-persistent) subscription holds for a
+    /// client that reads slower than they arrive, beyond the connection's
+    /// own buffer (`[limits] connection_buffer`). Past it, clients
+    /// publishing to the subscription's topics are back-pressured: their
+    /// sockets are not read until it has drained to half. Nothing is
+    /// dropped. 0 = no limit (then only `max_queued_bytes` applies).
+    pub max_queued_messages: u64,
+    /// Bytes of payload a clean-session subscription holds for a slow
+    /// client, beyond the connection's buffer (`[limits]
+    /// connection_buffer_bytes`); past it, publishers are back-pressured as
+    /// for `max_queued_messages`. 0 = no limit.
+    pub max_queued_bytes: Size,
 }
 
 impl Default for MqttConfig {
@@ -58,6 +70,8 @@ impl Default for MqttConfig {
             max_client_id_len: 256,
             max_retained_messages: 1_000_000,
             write_timeout: Dur::secs(30),
+            max_queued_messages: 10_000,
+            max_queued_bytes: Size::mib(16),
         }
     }
 }

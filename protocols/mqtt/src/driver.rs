@@ -34,8 +34,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use switchyard_core::spi::{AdapterError, Connection, Stream};
 use switchyard_core::{
-    Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, ParkTicket, QueueOptions,
-    Session, SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind, Verb,
+    Broker, Claim, ConsumeOptions, CoreError, DeclareQueue, Delivery, Overflow, ParkTicket,
+    QueueOptions, Session, SessionEvent, Subscribe as CoreSubscribe, SubscriptionKind, Verb,
 };
 use switchyard_model::{ConnId, ConsumerId, Headers, Message, Origin, Str, now_millis};
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -126,18 +126,28 @@ impl Io {
         std::future::poll_fn(|cx| poll_read(stream, rbuf, want, cx)).await
     }
 
-    async fn flush(&mut self) -> Result<(), Close> {
-        if self.wbuf.is_empty() {
+    /// Writes the write buffer and the payloads sent by reference (`refs`,
+    /// see [`Refs`]) with as few writes as the stream allows, then flushes.
+    async fn flush(&mut self, refs: Option<&mut Refs>) -> Result<(), Close> {
+        let refs = refs.filter(|r| !r.is_empty());
+        if self.wbuf.is_empty() && refs.is_none() {
             return Ok(());
         }
         let n = self.wbuf.len();
         let stream = &mut self.stream;
         let buf = &self.wbuf;
         let r = tokio::time::timeout(self.write_timeout, async {
-            stream.write_all(buf).await?;
+            match refs.as_deref() {
+                None => stream.write_all(buf).await?,
+                // Boxed: only turns with large payloads pay for its state.
+                Some(r) => Box::pin(write_chain(stream, buf, r)).await?,
+            }
             stream.flush().await
         })
         .await;
+        if let Some(r) = refs {
+            r.clear();
+        }
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Close::Gone(Some(e))),
@@ -155,6 +165,89 @@ impl Io {
         }
         Ok(())
     }
+}
+
+/// Payloads written by reference after the write buffer's bytes up to an
+/// offset: `(offset, body)`, offsets ascending. A large payload goes to the
+/// socket straight from the message (a vectored write of the buffer's
+/// pieces and the bodies) instead of being copied into the write buffer.
+type Refs = Vec<(usize, bytes::Bytes)>;
+
+/// Payloads at least this large are written by reference (on streams with
+/// vectored writes): below it, copying into the buffer costs less than an
+/// extra iovec.
+pub(crate) const BY_REF: usize = 8 * 1024;
+
+/// Most payloads written by reference in one turn.
+const MAX_REFS: usize = 64;
+
+/// Most pieces handed to one vectored write.
+const MAX_IOV: usize = 64;
+
+/// Writes `buf` with each `refs` body spliced in at its offset, in full.
+async fn write_chain(
+    stream: &mut Box<dyn Stream>,
+    buf: &[u8],
+    refs: &[(usize, bytes::Bytes)],
+) -> io::Result<()> {
+    let total = buf.len() + refs.iter().map(|(_, b)| b.len()).sum::<usize>();
+    let mut done = 0;
+    std::future::poll_fn(|cx| {
+        while done < total {
+            let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
+            let n = chain_slices(buf, refs, done, &mut iov);
+            let slices = iov.get(..n).unwrap_or_default();
+            match Pin::new(&mut **stream).poll_write_vectored(cx, slices) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(w)) => done += w,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+/// Fills `iov` with the pieces of the chain from byte `skip` on; returns
+/// how many it filled.
+fn chain_slices<'a>(
+    buf: &'a [u8],
+    refs: &'a [(usize, bytes::Bytes)],
+    mut skip: usize,
+    iov: &mut [io::IoSlice<'a>],
+) -> usize {
+    let mut n = 0;
+    let mut at = 0;
+    let mut push = |piece: &'a [u8], n: &mut usize| -> bool {
+        if piece.is_empty() {
+            return true;
+        }
+        if skip >= piece.len() {
+            skip -= piece.len();
+            return true;
+        }
+        let piece = piece.get(skip..).unwrap_or_default();
+        skip = 0;
+        match iov.get_mut(*n) {
+            Some(slot) => {
+                *slot = io::IoSlice::new(piece);
+                *n += 1;
+                true
+            }
+            None => false,
+        }
+    };
+    for (off, body) in refs {
+        if !push(buf.get(at..*off).unwrap_or_default(), &mut n) || !push(body, &mut n) {
+            return n;
+        }
+        at = *off;
+    }
+    push(buf.get(at..).unwrap_or_default(), &mut n);
+    n
 }
 
 fn poll_read(
@@ -211,9 +304,15 @@ struct Subscriber {
     out: Outbound,
     waiting: VecDeque<Waiting>,
     out_aliases: OutboundAliases,
+    /// Payloads of this turn's PUBLISHes written by reference.
+    refs: Refs,
 }
 
 impl Subscriber {
+    fn ref_bytes(&self) -> usize {
+        self.refs.iter().map(|(_, b)| b.len()).sum()
+    }
+
     fn new(session: Session, out_alias_max: u16) -> Box<Subscriber> {
         let deliveries = session.deliveries();
         let events = deliveries.events();
@@ -228,6 +327,7 @@ impl Subscriber {
             out: Outbound::default(),
             waiting: VecDeque::new(),
             out_aliases: OutboundAliases::new(out_alias_max),
+            refs: Vec::new(),
         })
     }
 
@@ -259,18 +359,22 @@ struct Conn {
     /// publishers.
     publisher: bool,
     will: Option<Box<codec::Will>>,
-    window: usize,
+    /// The outgoing in-flight window (at most 65535).
+    window: u16,
     qos2: Qos2Ids,
     in_aliases: InboundAliases,
     /// Topic aliases the client accepts (5.0).
     out_alias_max: u16,
     /// The client's Maximum Packet Size.
-    client_max_packet: usize,
+    client_max_packet: u32,
     /// Last topic published and its address (publishers repeat topics).
     last_topic: Option<(bytes::Bytes, Str)>,
     /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
     /// is told a QoS 1/2 message is safe only once it is on disk.
     acks: VecDeque<PendingAck>,
+    /// A subscription this client publishes to is past its
+    /// `max_queued_*` bound: the client is not read until it drains.
+    pressure: Option<switchyard_core::Pressure>,
     /// A persistent session on a broker with a journal: its state is
     /// written to the state store (see [`crate::persist`]).
     journaled: bool,
@@ -581,12 +685,9 @@ async fn open(
         &mut io.wbuf,
     );
     let client_max_packet = if v5 {
-        connect
-            .properties
-            .maximum_packet_size
-            .map_or(usize::MAX, |m| m as usize)
+        connect.properties.maximum_packet_size.unwrap_or(u32::MAX)
     } else {
-        usize::MAX
+        u32::MAX
     };
     let mut c = Box::new(Conn {
         cfg: cfg.clone(),
@@ -603,13 +704,14 @@ async fn open(
         last_rx: Instant::now(),
         publisher: false,
         will: connect.will.clone().map(Box::new),
-        window: window.max(1),
+        window: u16::try_from(window.max(1)).unwrap_or(u16::MAX),
         qos2,
         in_aliases: InboundAliases::default(),
         out_alias_max,
         client_max_packet,
         last_topic: None,
         acks: VecDeque::new(),
+        pressure: None,
         journaled: persistent && journal(),
         acl: {
             let a = broker.authorizer("mqtt", &principal);
@@ -640,6 +742,22 @@ async fn open(
 
 /// The session's next delivery (never, without a session), with the
 /// handle to take more.
+/// A publishing connection's wait: while pressed by a full subscription
+/// (`max_queued_*`), until it is relieved; otherwise the broker's flow
+/// state (see [`switchyard_core::Flow::turn`]). One `select!` branch for
+/// both, and the pressure's wait boxed (made only while pressed), so the
+/// connection's `select!` state does not grow.
+async fn held(
+    flow: &mut switchyard_core::Flow,
+    hold: bool,
+    pressure: Option<&switchyard_core::Pressure>,
+) {
+    match pressure {
+        Some(p) => Box::pin(p.relieved()).await,
+        None => flow.turn(hold).await,
+    }
+}
+
 async fn next_delivery(
     d: Option<&mut switchyard_core::Deliveries>,
 ) -> Option<(Delivery, &mut switchyard_core::Deliveries)> {
@@ -686,7 +804,7 @@ async fn connack_and_close(io: &mut Io, version: Version, code: u8) {
         version,
         &mut io.wbuf,
     );
-    let _ = io.flush().await;
+    let _ = io.flush(None).await;
     let _ = io.stream.shutdown().await;
 }
 
@@ -864,6 +982,17 @@ impl Conn {
         );
     }
 
+    /// Writes out everything written this turn.
+    async fn flush(&mut self) -> Result<(), Close> {
+        let refs = self.sub.as_deref_mut().map(|s| &mut s.refs);
+        self.io.flush(refs).await
+    }
+
+    /// Bytes written this turn and not yet flushed.
+    fn pending(&self) -> usize {
+        self.io.wbuf.len() + self.sub.as_deref().map_or(0, |s| s.ref_bytes())
+    }
+
     fn write(&mut self, p: &Packet) {
         codec::encode(p, self.version, &mut self.io.wbuf);
     }
@@ -908,10 +1037,10 @@ impl Conn {
                 let (code, why) = (*code, why.clone());
                 self.disconnect(code, &why);
             }
-            let _ = self.io.flush().await;
+            let _ = self.flush().await;
             return close;
         }
-        if let Err(e) = self.io.flush().await {
+        if let Err(e) = self.flush().await {
             return e;
         }
         loop {
@@ -925,21 +1054,27 @@ impl Conn {
             // blocked (memory/disk watermark); its keep-alive is not held
             // against it meanwhile.
             let hold = self.publisher && flow.is_blocked();
-            if hold {
+            // Held back by a slow subscriber's full queue (see
+            // `max_queued_messages`), likewise.
+            if self.pressure.as_ref().is_some_and(|p| p.is_relieved()) {
+                self.pressure = None;
+            }
+            let pressed = self.pressure.is_some();
+            if hold || pressed {
                 self.last_rx = Instant::now();
             }
-            let can_read = !hold && self.acks.len() < MAX_PENDING_ACKS;
+            let can_read = !hold && !pressed && self.acks.len() < MAX_PENDING_ACKS;
             let want = self.read_want();
             let turn: Result<(), Close> = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
                     self.disconnect(reason::SERVER_SHUTTING_DOWN, "server shutting down");
-                    let _ = self.io.flush().await;
+                    let _ = self.flush().await;
                     return Close::Shutdown;
                 }
                 () = claim.evicted() => {
                     self.disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
-                    let _ = self.io.flush().await;
+                    let _ = self.flush().await;
                     return Close::TakenOver;
                 }
                 Some(events) = events_ready(events.as_ref()) => {
@@ -952,7 +1087,8 @@ impl Conn {
                         let mut r = self.on_delivery(d);
                         while r.is_ok()
                             && self.sub.as_ref().is_none_or(|s| s.waiting.is_empty())
-                            && self.io.wbuf.len() < FLUSH_AT
+                            && self.pending() < FLUSH_AT
+                            && self.sub.as_ref().is_none_or(|s| s.refs.len() < MAX_REFS)
                         {
                             let Some(d) = all.try_recv() else { break };
                             r = self.on_delivery(d);
@@ -980,7 +1116,7 @@ impl Conn {
                         format!("a message could not be stored: {e}"),
                     )),
                 },
-                () = flow.turn(hold), if self.publisher => Ok(()),
+                () = held(&mut flow, hold, self.pressure.as_ref()), if self.publisher => Ok(()),
                 r = self.io.read(want), if can_read => match r {
                     Ok(0) => Err(Close::Gone(None)),
                     Err(e) => Err(Close::Gone(Some(e))),
@@ -1002,10 +1138,10 @@ impl Conn {
                     let (code, why) = (*code, why.clone());
                     self.disconnect(code, &why);
                 }
-                let _ = self.io.flush().await;
+                let _ = self.flush().await;
                 return close;
             }
-            if let Err(e) = self.io.flush().await {
+            if let Err(e) = self.flush().await {
                 return e;
             }
             if self.io.rbuf.is_empty()
@@ -1322,6 +1458,9 @@ impl Conn {
                     code = reason::NO_MATCHING_SUBSCRIBERS;
                 }
                 wait = published.completion;
+                if published.pressure.is_some() {
+                    self.pressure = published.pressure;
+                }
             }
             Err(CoreError::MessageTooLarge { .. }) => code = reason::PACKET_TOO_LARGE,
             Err(CoreError::AccessRefused(_)) => code = reason::NOT_AUTHORIZED,
@@ -1439,6 +1578,8 @@ impl Conn {
             Err(_) => return Ok(reason::TOPIC_FILTER_INVALID),
         };
         let granted = opts.qos.bits();
+        let max_queued_messages = self.cfg.max_queued_messages;
+        let max_queued_bytes = self.cfg.max_queued_bytes.bytes();
         let sub = self.sub();
         if let Some(existing) = sub.subs.get_mut(mqtt_filter) {
             // [MQTT-3.8.4-3]: replace the options, keep the subscription.
@@ -1469,6 +1610,9 @@ impl Conn {
                     kind: SubscriptionKind::Temporary,
                     queue: QueueOptions {
                         no_local: opts.no_local,
+                        max_length: Some(max_queued_messages).filter(|&n| n > 0),
+                        max_bytes: Some(max_queued_bytes).filter(|&n| n > 0),
+                        overflow: Overflow::Block,
                         ..QueueOptions::default()
                     },
                     consume: ConsumeOptions::default(),
@@ -1645,7 +1789,7 @@ impl Conn {
         source: Option<(ConsumerId, switchyard_model::DeliveryTag)>,
         sub_ids: SmallVec<[u32; 2]>,
     ) {
-        let window = self.window;
+        let window = usize::from(self.window);
         let Some(sub) = self.sub.as_deref_mut() else {
             return;
         };
@@ -1715,10 +1859,11 @@ impl Conn {
             sub_ids,
             now,
         };
-        if mapping::publish_len(&o, *v5).2 > *client_max_packet {
+        let max = usize::try_from(*client_max_packet).unwrap_or(usize::MAX);
+        if mapping::publish_len(&o, *v5).2 > max {
             // [MQTT-3.1.2-25]: too large for the client; dropped as if sent.
             o.alias = Alias::None;
-            if mapping::publish_len(&o, *v5).2 > *client_max_packet {
+            if mapping::publish_len(&o, *v5).2 > max {
                 tracing::debug!(
                     size = msg.body.len(),
                     "message larger than the client accepts; dropped"
@@ -1727,7 +1872,12 @@ impl Conn {
                 return;
             }
         }
-        mapping::write_publish(&mut io.wbuf, &o, *v5);
+        if msg.body.len() >= BY_REF && io.stream.is_write_vectored() {
+            mapping::write_publish_head(&mut io.wbuf, &o, *v5);
+            sub.refs.push((io.wbuf.len(), msg.body.clone()));
+        } else {
+            mapping::write_publish(&mut io.wbuf, &o, *v5);
+        }
         if qos == QoS::AtMostOnce {
             sub.ack(source);
         } else {
@@ -1748,7 +1898,7 @@ impl Conn {
 
     fn drain_waiting(&mut self) {
         loop {
-            let window = self.window;
+            let window = usize::from(self.window);
             let Some(sub) = self.sub.as_deref_mut() else {
                 return;
             };
@@ -1896,8 +2046,37 @@ impl Conn {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+
+    /// The pieces of a write buffer with payloads spliced in, from any
+    /// byte on and with any number of slots, are the expected bytes.
+    #[test]
+    fn chain_slices_resume_at_every_byte() {
+        let buf: Vec<u8> = (0u8..20).collect();
+        let refs = vec![
+            (3, bytes::Bytes::from_static(b"AAAA")),
+            (3, bytes::Bytes::from_static(b"")),
+            (10, bytes::Bytes::from_static(b"BB")),
+            (20, bytes::Bytes::from_static(b"CCC")),
+        ];
+        let mut want = buf[..3].to_vec();
+        want.extend_from_slice(b"AAAA");
+        want.extend_from_slice(&buf[3..10]);
+        want.extend_from_slice(b"BB");
+        want.extend_from_slice(&buf[10..]);
+        want.extend_from_slice(b"CCC");
+        for slots in 1..8 {
+            for skip in 0..=want.len() {
+                let mut iov = vec![io::IoSlice::new(&[]); slots];
+                let n = chain_slices(&buf, &refs, skip, &mut iov);
+                let got: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
+                assert!(want[skip..].starts_with(&got), "slots {slots} skip {skip}");
+                assert!(n == slots || got.len() == want.len() - skip);
+                assert!(skip == want.len() || !got.is_empty());
+            }
+        }
+    }
 
     /// The connection's task holds the serve future for its whole life:
     /// the handshake and the end are boxed so they do not inflate it.

@@ -245,9 +245,19 @@ pub fn publish_len(o: &Outgoing<'_>, v5: bool) -> (usize, usize, usize) {
 /// Writes an outgoing PUBLISH straight from the message: the topic is
 /// mapped while it is written, nothing is allocated for it.
 pub fn write_publish(out: &mut BytesMut, o: &Outgoing<'_>, v5: bool) {
+    let total = publish_len(o, v5).2;
+    out.reserve(total);
+    write_publish_head(out, o, v5);
+    out.put_slice(&o.msg.body);
+}
+
+/// Writes everything of an outgoing PUBLISH but its payload, which must
+/// follow on the wire (`o.msg.body`, sent from the message by reference:
+/// large bodies are not copied into the write buffer).
+pub fn write_publish_head(out: &mut BytesMut, o: &Outgoing<'_>, v5: bool) {
     let (props, remaining, total) = publish_len(o, v5);
     let m = o.msg;
-    out.reserve(total);
+    out.reserve(total - m.body.len());
     let first = (kind::PUBLISH << 4)
         | (u8::from(o.dup && o.qos != QoS::AtMostOnce) << 3)
         | (o.qos.bits() << 1)
@@ -306,7 +316,6 @@ pub fn write_publish(out: &mut BytesMut, o: &Outgoing<'_>, v5: bool) {
             }
         }
     }
-    out.put_slice(&m.body);
 }
 
 /// A shared, immutable copy of a message for the retained store.

@@ -337,6 +337,7 @@ fn overflow_code(o: Overflow) -> u8 {
         Overflow::DropHead => 0,
         Overflow::RejectPublish => 1,
         Overflow::RejectPublishDlx => 2,
+        Overflow::Block => 3,
     }
 }
 
@@ -377,6 +378,7 @@ pub fn read_queue_options(d: &mut Dec<'_>) -> R<QueueOptions> {
         0 => Overflow::DropHead,
         1 => Overflow::RejectPublish,
         2 => Overflow::RejectPublishDlx,
+        3 => Overflow::Block,
         _ => return Err(DecodeError("overflow")),
     };
     let dead_letter = if d.bool()? {
