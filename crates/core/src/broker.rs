@@ -77,7 +77,9 @@ impl Pressure {
         !self.queue.is_pressured()
     }
 
-    /// Resolves once publishers may go on. Cancel-safe.
+    /// Resolves once publishers may go on: the queue drained to half its
+    /// limits, or was deleted, or the episode reached
+    /// [`crate::BLOCK_TIMEOUT`]. Cancel-safe.
     pub async fn relieved(&self) {
         loop {
             let notified = self.queue.relief.notified();
@@ -86,7 +88,12 @@ impl Pressure {
             if self.is_relieved() {
                 return;
             }
-            notified.await;
+            let left = self
+                .queue
+                .block_deadline()
+                .saturating_sub(switchyard_model::now_millis());
+            // Past the deadline `is_relieved` is true on the next turn.
+            let _ = tokio::time::timeout(Duration::from_millis(left.max(1)), notified).await;
         }
     }
 }

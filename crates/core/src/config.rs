@@ -135,10 +135,14 @@ pub enum Overflow {
     RejectPublish,
     /// Refuse the new message and dead-letter it.
     RejectPublishDlx,
-    /// Keep every message, but tell publishers to wait: past the limit a
-    /// publish returns a [`crate::Pressure`] that resolves once the queue
-    /// has drained to half its limits (ActiveMQ Artemis' `BLOCK` address
-    /// policy). Nothing is dropped; publishers that ignore it are not held.
+    /// Tell publishers to wait: past the limit a publish returns a
+    /// [`crate::Pressure`] that resolves once the queue has drained to half
+    /// its limits (ActiveMQ Artemis' `BLOCK` address policy). Bounded so
+    /// that a consumer that stops reading cannot stall publishers or grow
+    /// memory for ever: an episode lasts at most
+    /// [`crate::BLOCK_TIMEOUT`], after which (and whenever the queue holds
+    /// twice its limits, e.g. from publishers that ignore the pressure) the
+    /// queue drops its oldest messages as with `DropHead`, counted.
     Block,
 }
 

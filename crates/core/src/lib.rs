@@ -64,7 +64,9 @@ pub use error::{CoreError, CoreResult};
 pub use exchange::{ExchangeInfo, ExchangeKind, ExchangeOptions};
 pub use flow::{BlockReason, Flow};
 pub use outbox::{Deliveries, Delivery, Events, SessionEvent, WakeBatch};
-pub use queue::{DeadLetterTarget, DeathReason, QueueInfo, QueueOptions, QueueStats};
+pub use queue::{
+    BLOCK_TIMEOUT, DeadLetterTarget, DeathReason, QueueInfo, QueueOptions, QueueStats,
+};
 pub use recovery::RecoveryReport;
 pub use session::{ConsumeOptions, Session, Subscribe, SubscriptionKind, Transaction};
 pub use switchyard_journal as journal;

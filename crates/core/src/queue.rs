@@ -442,8 +442,17 @@ pub(crate) struct Queue {
     /// `overflow = block`: the queue went past its limits and has not yet
     /// drained to half of them; publishers wait on `relief`.
     pressured: AtomicBool,
+    /// When the current `overflow = block` episode began (ms since the
+    /// epoch); past [`BLOCK_TIMEOUT`] publishers are no longer held.
+    pressured_since: std::sync::atomic::AtomicU64,
     pub(crate) relief: tokio::sync::Notify,
 }
+
+/// The longest an `overflow = block` queue holds its publishers back in
+/// one episode. A queue that has not drained to half its limits by then has
+/// consumers that are not keeping up at all (a client that stopped reading):
+/// publishers go on and the queue drops its oldest messages instead.
+pub const BLOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -494,14 +503,35 @@ impl Queue {
             store,
             page_after,
             pressured: AtomicBool::new(false),
+            pressured_since: std::sync::atomic::AtomicU64::new(0),
             relief: tokio::sync::Notify::new(),
         }
     }
 
-    /// True while an `overflow = block` queue asks publishers to wait.
+    /// True while an `overflow = block` queue asks publishers to wait
+    /// (pressured, and the episode is younger than [`BLOCK_TIMEOUT`]).
     #[inline]
     pub(crate) fn is_pressured(&self) -> bool {
-        self.pressured.load(Ordering::Acquire)
+        self.pressured.load(Ordering::Acquire) && self.block_deadline() > now_millis()
+    }
+
+    /// When the current block episode stops holding publishers (ms since
+    /// the epoch).
+    pub(crate) fn block_deadline(&self) -> u64 {
+        self.pressured_since
+            .load(Ordering::Acquire)
+            .saturating_add(BLOCK_TIMEOUT.as_millis() as u64)
+    }
+
+    /// Past twice its limits: even a blocking queue drops from the head.
+    fn over_hard_limit(&self, st: &State) -> bool {
+        self.options
+            .max_length
+            .is_some_and(|m| st.ready.len as u64 > m.saturating_mul(2))
+            || self
+                .options
+                .max_bytes
+                .is_some_and(|m| st.ready.bytes > m.saturating_mul(2))
     }
 
     /// Ends the pressure once the ready messages are down to half the
@@ -716,8 +746,19 @@ impl Queue {
                     }
                 }
                 Overflow::Block => {
-                    if !self.pressured.swap(true, Ordering::AcqRel) {
+                    if !self.pressured.load(Ordering::Acquire) {
+                        self.pressured_since.store(now_millis(), Ordering::Release);
+                        self.pressured.store(true, Ordering::Release);
                         st.stats.blocked += 1;
+                    } else if self.block_deadline() <= now_millis() || self.over_hard_limit(st) {
+                        // Held long enough, or publishers ignore the
+                        // pressure: bound the memory as drop-head does.
+                        while self.over_limit(st) {
+                            let Some(e) = st.ready.pop_oldest_lowest() else {
+                                break;
+                            };
+                            self.dead_letter(st, e, DeathReason::MaxLen, fx);
+                        }
                     }
                 }
                 Overflow::DropHead => {

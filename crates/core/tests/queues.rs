@@ -515,6 +515,48 @@ async fn block_overflow_keeps_every_message_and_presses_publishers_until_half_dr
     assert_eq!(got, ["1", "2", "3", "4", "5", "6"].map(Bytes::from));
 }
 
+#[tokio::test]
+async fn block_overflow_is_bounded_by_twice_the_limit_and_by_the_block_timeout() {
+    let b = broker();
+    let mut s = session(&b);
+    declare(
+        &mut s,
+        "q",
+        QueueOptions {
+            max_length: Some(4),
+            overflow: Overflow::Block,
+            ..Default::default()
+        },
+    );
+    // A publisher that ignores the pressure: kept up to twice the limit,
+    // then the oldest go (counted), so memory stays bounded.
+    for i in 0..20 {
+        s.publish(to_queue("q", &i.to_string())).unwrap();
+    }
+    let ready = b.queue_info("q").unwrap().messages;
+    assert!(ready <= 8, "{ready} ready past twice the limit of 4");
+    assert!(b.stats().queue_totals.dropped >= 12);
+    let pressure = s
+        .publish(to_queue("q", "x"))
+        .unwrap()
+        .pressure
+        .expect("still pressed");
+    // Nobody ever consumes: the publisher is let go after BLOCK_TIMEOUT.
+    let waited = std::time::Instant::now();
+    tokio::time::timeout(
+        switchyard_core::BLOCK_TIMEOUT + Duration::from_secs(5),
+        pressure.relieved(),
+    )
+    .await
+    .expect("a stuck consumer holds publishers at most BLOCK_TIMEOUT");
+    assert!(waited.elapsed() <= switchyard_core::BLOCK_TIMEOUT + Duration::from_secs(1));
+    // From then on publishes are not pressed, and the queue keeps its limit.
+    let p = s.publish(to_queue("q", "y")).unwrap();
+    assert!(p.pressure.is_none());
+    assert_eq!(p.routed, 1);
+    assert_eq!(b.queue_info("q").unwrap().messages, 4);
+}
+
 #[test]
 fn max_bytes_limits_ready_bodies() {
     let b = broker();
