@@ -953,7 +953,9 @@ impl Queue {
                 break;
             }
             let Some(entry) = fifo.pop_front() else { break };
-            let Body::Loaded(message) = entry.body else { break };
+            let Body::Loaded(message) = entry.body else {
+                break;
+            };
             taken += 1;
             bytes += u64::from(entry.size);
             let count = entry.deliveries + 1;

@@ -1070,8 +1070,16 @@ fn held_back_messages_go_out_in_order_with_flags_and_counters() {
         .chain((0..20).map(|i| i.to_string()))
         .collect();
     assert_eq!(bodies(&got), want);
-    assert!(got[..2].iter().all(|x| x.redelivered && x.delivery_count == 2));
-    assert!(got[2..].iter().all(|x| !x.redelivered && x.delivery_count == 1));
+    assert!(
+        got[..2]
+            .iter()
+            .all(|x| x.redelivered && x.delivery_count == 2)
+    );
+    assert!(
+        got[2..]
+            .iter()
+            .all(|x| !x.redelivered && x.delivery_count == 1)
+    );
     for w in got.windows(2) {
         assert_eq!(w[1].tag.0, w[0].tag.0 + 1);
     }

@@ -349,4 +349,3 @@ impl Parser {
         Ok(())
     }
 }
-
