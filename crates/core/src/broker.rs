@@ -423,9 +423,30 @@ impl Broker {
                 max,
             });
         }
+        self.shared.assign_id(&mut msg);
+        self.publish_assigned(Arc::new(msg))
+    }
+
+    /// [`Broker::publish`] for a message already in its shared allocation
+    /// (what deliveries hold): an adapter that builds it with `Arc::new`
+    /// saves moving the whole `Message` through the calls. A message shared
+    /// with other holders is copied first (its id is assigned here).
+    pub fn publish_shared(&self, mut msg: Arc<Message>) -> CoreResult<Published> {
+        let max = self.shared.config.limits.max_message_size.as_usize();
+        if msg.body.len() > max {
+            return Err(CoreError::MessageTooLarge {
+                size: msg.body.len(),
+                max,
+            });
+        }
+        self.shared.assign_id(Arc::make_mut(&mut msg));
+        self.publish_assigned(msg)
+    }
+
+    /// Routes and enqueues a message whose id is assigned.
+    #[inline]
+    fn publish_assigned(&self, msg: Arc<Message>) -> CoreResult<Published> {
         let s = &*self.shared;
-        s.assign_id(&mut msg);
-        let msg = Arc::new(msg);
         let mut fx = Effects::default();
         let mut out = Published {
             id: msg.id,

@@ -18,7 +18,7 @@
 
 use crate::queue::Queue;
 use crate::traffic::Tally;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -195,6 +195,24 @@ impl Outbox {
         Offer::Sent
     }
 
+    /// Opens a batch of offers under one lock (a queue handing many
+    /// deliveries to its only consumer); `None` when the session is gone.
+    /// The receiver is woken once, when the batch is dropped, if the buffer
+    /// was empty before it.
+    pub(crate) fn batch(self: &Arc<Self>) -> Option<OfferBatch<'_>> {
+        let g = self.inner.lock();
+        if g.closed {
+            return None;
+        }
+        let was_empty = g.queue.is_empty();
+        Some(OfferBatch {
+            outbox: self,
+            g,
+            was_empty,
+            sent: false,
+        })
+    }
+
     fn wake(self: &Arc<Self>) {
         let deferred = DEFERRED.with(|d| {
             let mut d = d.borrow_mut();
@@ -231,6 +249,54 @@ impl Outbox {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.inner.lock().closed
+    }
+}
+
+/// Offers made under one hold of an outbox's lock: the same rules as
+/// [`Outbox::offer`], checked per delivery with [`OfferBatch::has_room`].
+pub(crate) struct OfferBatch<'a> {
+    outbox: &'a Arc<Outbox>,
+    g: MutexGuard<'a, Inner>,
+    was_empty: bool,
+    sent: bool,
+}
+
+impl OfferBatch<'_> {
+    /// Whether a delivery of `weight` body bytes fits now (what `offer`
+    /// checks before it takes one).
+    #[inline]
+    pub(crate) fn has_room(&self, weight: usize) -> bool {
+        self.g.queue.len() < self.outbox.capacity
+            && (self.g.bytes == 0 || self.g.bytes + weight <= self.outbox.max_bytes)
+    }
+
+    /// Takes `d`; the caller checked [`OfferBatch::has_room`] for it.
+    #[inline]
+    pub(crate) fn push(&mut self, d: Delivery) {
+        self.g.bytes += d.weight();
+        self.g.queue.push_back(d);
+        self.sent = true;
+    }
+
+    /// The buffer is full: `queue` is woken when there is room again.
+    pub(crate) fn full(&mut self, queue: &Arc<Queue>) {
+        if !self
+            .g
+            .waiters
+            .iter()
+            .any(|x| std::ptr::eq(x.as_ptr(), Arc::as_ptr(queue)))
+        {
+            self.g.waiters.push(Arc::downgrade(queue));
+        }
+    }
+}
+
+impl Drop for OfferBatch<'_> {
+    fn drop(&mut self) {
+        if self.sent && self.was_empty {
+            // Unlock before waking, as `offer` does.
+            MutexGuard::unlocked(&mut self.g, || self.outbox.wake());
+        }
     }
 }
 

@@ -789,6 +789,11 @@ impl Queue {
         mut entry: Entry,
         fx: &mut Effects,
     ) -> Option<Entry> {
+        match self.deliver_now_lean(st, &mut entry) {
+            Some(true) => return None,
+            Some(false) => return Some(entry),
+            None => {}
+        }
         let n = st.consumers.len();
         let idx = if self.options.single_active_consumer {
             st.consumers
@@ -841,6 +846,9 @@ impl Queue {
         let n = st.consumers.len();
         if n == 0 || st.ready.len == 0 {
             self.relieve_if_drained(st);
+            return;
+        }
+        if self.dispatch_lean(st) {
             return;
         }
         // With a single active consumer only the first (non-passive) one
@@ -922,6 +930,138 @@ impl Queue {
             }
         }
         self.relieve_if_drained(st);
+    }
+
+    /// A queue whose messages are all in memory and never expire: no
+    /// journal, no TTL, no message with its own expiry so far.
+    #[inline]
+    fn lean(&self) -> bool {
+        self.store.is_none()
+            && self.options.message_ttl.is_none()
+            && !self.expiring.load(Ordering::Relaxed)
+    }
+
+    /// `deliver_now` for the queues and consumers `dispatch_lean` serves:
+    /// the message moves from the entry into the delivery. `None` when the
+    /// queue or its consumer is not of that kind; `Some(false)` when the
+    /// outbox is full (the queue is then registered) or closed.
+    fn deliver_now_lean(self: &Arc<Self>, st: &mut State, entry: &mut Entry) -> Option<bool> {
+        if !self.lean() {
+            return None;
+        }
+        let State {
+            consumers,
+            cursor,
+            next_tag,
+            stats,
+            ..
+        } = st;
+        let [slot] = consumers.as_slice() else {
+            return None;
+        };
+        if slot.manual_ack || !slot.has_credit() {
+            return None;
+        }
+        let Body::Loaded(m) = &entry.body else {
+            return None;
+        };
+        let Some(mut batch) = slot.outbox.batch() else {
+            return Some(false);
+        };
+        if !batch.has_room(m.body.len()) {
+            batch.full(self);
+            return Some(false);
+        }
+        let placeholder = Body::Paged {
+            id: m.id,
+            priority: 0,
+        };
+        let Body::Loaded(message) = std::mem::replace(&mut entry.body, placeholder) else {
+            return Some(false);
+        };
+        let count = entry.deliveries + 1;
+        batch.push(Delivery {
+            consumer: slot.id,
+            tag: DeliveryTag(*next_tag),
+            message,
+            redelivered: count > 1,
+            delivery_count: count,
+        });
+        *next_tag += 1;
+        stats.delivered += 1;
+        *cursor = 0;
+        Some(true)
+    }
+
+    /// The common case of `dispatch` in one pass under one outbox lock: a
+    /// queue with a single consumer without acks (a plain subscription:
+    /// NATS, MQTT QoS 0, STOMP `auto`) whose messages are all in memory,
+    /// never expire and sit in one FIFO (no journal, no TTL, no priorities).
+    /// Each message is handed over as it is (no per-message offer, no
+    /// reference-count round trip). Returns false, having done nothing,
+    /// when the queue or its consumer is not of that kind.
+    ///
+    /// The outcome is the one the general loop gives: the same order, the
+    /// same outbox bounds (count and bytes, a waiter registered when full),
+    /// the same tags, counters and `stalled` flag.
+    fn dispatch_lean(self: &Arc<Self>, st: &mut State) -> bool {
+        if !self.lean() {
+            return false;
+        }
+        let State {
+            ready,
+            consumers,
+            cursor,
+            next_tag,
+            stalled,
+            stats,
+            ..
+        } = st;
+        let ([slot], [fifo]) = (consumers.as_slice(), ready.levels.as_mut_slice()) else {
+            return false;
+        };
+        if slot.manual_ack || !slot.has_credit() {
+            return false;
+        }
+        let Some(mut batch) = slot.outbox.batch() else {
+            // The session is gone: what `offer` answers with `Closed`.
+            *stalled = true;
+            return true;
+        };
+        let (mut taken, mut bytes) = (0usize, 0u64);
+        while let Some(front) = fifo.front() {
+            let Body::Loaded(m) = &front.body else { break };
+            if !batch.has_room(m.body.len()) {
+                batch.full(self);
+                *stalled = true;
+                break;
+            }
+            let Some(entry) = fifo.pop_front() else { break };
+            let Body::Loaded(message) = entry.body else {
+                break;
+            };
+            taken += 1;
+            bytes += u64::from(entry.size);
+            let count = entry.deliveries + 1;
+            batch.push(Delivery {
+                consumer: slot.id,
+                tag: DeliveryTag(*next_tag),
+                message,
+                redelivered: count > 1,
+                delivery_count: count,
+            });
+            *next_tag += 1;
+            stats.delivered += 1;
+            if count > 1 {
+                stats.redelivered += 1;
+            }
+            *cursor = 0;
+        }
+        drop(batch);
+        ready.len -= taken;
+        ready.bytes -= bytes;
+        ready.loaded -= bytes;
+        true
     }
 
     /// Runs a dispatch pass (an outbox has room again) and applies its effects.

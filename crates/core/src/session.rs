@@ -269,6 +269,20 @@ impl Session {
         Ok(published)
     }
 
+    /// [`Session::publish`] for a message already in its shared allocation
+    /// (see [`Broker::publish_shared`]): build it with `Arc::new(Message {
+    /// .. })` and it is not moved again on its way to the queues.
+    pub fn publish_shared(&self, mut msg: Arc<Message>) -> CoreResult<Published> {
+        if self.acl.is_active() {
+            self.authorize(Verb::Publish, &msg.address)?;
+        }
+        Arc::make_mut(&mut msg).origin = self.origin();
+        let bytes = msg.body.len();
+        let published = self.broker.publish_shared(msg)?;
+        self.outbox.tally.inbound(bytes);
+        Ok(published)
+    }
+
     /// Declares a queue owned by this connection (see [`Broker::declare_queue`]).
     /// Exclusive queues are deleted when the session ends.
     pub fn declare_queue(&mut self, req: DeclareQueue) -> CoreResult<DeclaredQueue> {

@@ -1134,3 +1134,92 @@ fn dead_letter_cycle_without_rejection_drops_the_message() {
     assert_eq!(b.queue_info("a").unwrap().messages, 0);
     assert_eq!(b.queue_info("b").unwrap().messages, 0);
 }
+
+/// A queue that held back messages for a full connection buffer hands them
+/// over in order once there is room, tags counting up by one, with the
+/// delivered counter matching; a message requeued by an earlier
+/// manual-ack consumer keeps its redelivery flag and count when a consumer
+/// without acks takes it.
+#[test]
+fn held_back_messages_go_out_in_order_with_flags_and_counters() {
+    let mut cfg = CoreConfig::new();
+    cfg.limits.connection_buffer = 4;
+    let b = Broker::new(cfg);
+    let mut s = session(&b);
+    declare(&mut s, "q", QueueOptions::default());
+    let c = s.consume("q", MANUAL).unwrap();
+    for m in ["r1", "r2"] {
+        s.publish(to_queue("q", m)).unwrap();
+    }
+    assert_eq!(drain(s.deliveries()).len(), 2);
+    s.cancel(c).unwrap();
+    let mut s2 = session(&b);
+    s2.consume("q", ConsumeOptions::default()).unwrap();
+    for i in 0..20 {
+        s.publish(to_queue("q", &i.to_string())).unwrap();
+    }
+    let mut d = s2.deliveries();
+    let mut got = Vec::new();
+    while let Some(x) = d.try_recv() {
+        got.push(x);
+    }
+    let want: Vec<String> = ["r1", "r2"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((0..20).map(|i| i.to_string()))
+        .collect();
+    assert_eq!(bodies(&got), want);
+    assert!(
+        got[..2]
+            .iter()
+            .all(|x| x.redelivered && x.delivery_count == 2)
+    );
+    assert!(
+        got[2..]
+            .iter()
+            .all(|x| !x.redelivered && x.delivery_count == 1)
+    );
+    for w in got.windows(2) {
+        assert_eq!(w[1].tag.0, w[0].tag.0 + 1);
+    }
+    let info = b.queue_info("q").unwrap();
+    assert_eq!(info.messages, 0);
+    assert_eq!(info.stats.delivered, 2 + 22);
+    assert_eq!(info.stats.redelivered, 2);
+}
+
+/// A plain subscription whose connection does not keep up: the connection
+/// buffer takes its bound, the subscription's queue keeps the rest up to its
+/// byte limit, drops the oldest past it and tells the session.
+#[test]
+fn a_plain_subscription_over_its_limit_drops_the_oldest_and_says_so() {
+    let mut cfg = CoreConfig::new();
+    cfg.limits.connection_buffer = 3;
+    let b = Broker::new(cfg);
+    let mut s = session(&b);
+    let c = s
+        .subscribe(Subscribe {
+            filter: AddressFilter::new("t.*").unwrap(),
+            queue: QueueOptions {
+                max_bytes: Some(4),
+                overflow: Overflow::DropHead,
+                notify_overflow: true,
+                ..QueueOptions::default()
+            },
+            kind: SubscriptionKind::Temporary,
+            consume: ConsumeOptions::default(),
+        })
+        .unwrap();
+    let p = session(&b);
+    for i in 0..10 {
+        p.publish(to_topic("t.x", &format!("{i}"))).unwrap();
+    }
+    let mut d = s.deliveries();
+    assert_eq!(d.take_events(), vec![SessionEvent::Overflowed(c)]);
+    let mut got = Vec::new();
+    while let Some(x) = d.try_recv() {
+        got.push(x);
+    }
+    // 3 in the buffer, then the newest 4 one-byte bodies the queue kept.
+    assert_eq!(bodies(&got), ["0", "1", "2", "6", "7", "8", "9"]);
+}

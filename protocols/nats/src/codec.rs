@@ -132,27 +132,39 @@ fn is_space(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
-/// Splits `line[from..]` into at most `N` whitespace-separated arguments;
-/// `None` when there are more.
-fn split_args<const N: usize>(line: &[u8], from: usize) -> Option<([Span; N], usize)> {
-    let mut out: [Span; N] = std::array::from_fn(|_| 0..0);
-    let mut n = 0;
-    let mut start: Option<usize> = None;
-    for (i, &b) in line.iter().enumerate().skip(from) {
-        if is_space(b) {
-            if let Some(s) = start.take() {
-                *out.get_mut(n)? = s..i;
-                n += 1;
-            }
-        } else if start.is_none() {
-            start = Some(i);
-        }
+/// The whitespace-separated arguments of a control line, scanned in
+/// place from left to right (no argument array is built).
+struct Args<'a> {
+    line: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Args<'a> {
+    #[inline]
+    fn new(line: &'a [u8], from: usize) -> Self {
+        Args { line, pos: from }
     }
-    if let Some(s) = start {
-        *out.get_mut(n)? = s..line.len();
-        n += 1;
+
+    /// The next argument, or `None` at the end of the line.
+    #[inline]
+    fn next_arg(&mut self) -> Option<Span> {
+        let rest = self.line.get(self.pos..)?;
+        let Some(skip) = rest.iter().position(|&b| !is_space(b)) else {
+            self.pos = self.line.len();
+            return None;
+        };
+        let start = self.pos + skip;
+        let tail = self.line.get(start..).unwrap_or_default();
+        let end = start + tail.iter().position(|&b| is_space(b)).unwrap_or(tail.len());
+        self.pos = end;
+        Some(start..end)
     }
-    Some((out, n))
+
+    /// True when no argument is left.
+    #[inline]
+    fn done(&mut self) -> bool {
+        self.next_arg().is_none()
+    }
 }
 
 fn parse_size(b: &[u8]) -> Option<u64> {
@@ -277,23 +289,30 @@ impl Parser {
                 .is_none_or(|r| r.iter().all(|&b| is_space(b)))
         };
         if is(b"PUB") {
-            let ([x, y, z], n) = split_args::<3>(line, verb_end)
-                .ok_or(ParseError::BadArgs("PUB takes 2 or 3 arguments"))?;
-            let (subject, reply, size) = match n {
-                2 => (x, None, y),
-                3 => (x, Some(y), z),
-                _ => return Err(ParseError::BadArgs("PUB takes 2 or 3 arguments")),
+            const E: ParseError = ParseError::BadArgs("PUB takes 2 or 3 arguments");
+            let mut args = Args::new(line, verb_end);
+            let (Some(x), Some(y)) = (args.next_arg(), args.next_arg()) else {
+                return Err(E);
+            };
+            let (subject, reply, size) = match args.next_arg() {
+                None => (x, None, y),
+                Some(z) if args.done() => (x, Some(y), z),
+                Some(_) => return Err(E),
             };
             let size = parse_size(arg(line, &size)).ok_or(ParseError::BadArgs("PUB size"))?;
             self.start_payload(subject, reply, 0, size)?;
             Ok(None)
         } else if is(b"HPUB") {
-            let ([w, x, y, z], n) = split_args::<4>(line, verb_end)
-                .ok_or(ParseError::BadArgs("HPUB takes 3 or 4 arguments"))?;
-            let (subject, reply, hdr, total) = match n {
-                3 => (w, None, x, y),
-                4 => (w, Some(x), y, z),
-                _ => return Err(ParseError::BadArgs("HPUB takes 3 or 4 arguments")),
+            const E: ParseError = ParseError::BadArgs("HPUB takes 3 or 4 arguments");
+            let mut args = Args::new(line, verb_end);
+            let (Some(w), Some(x), Some(y)) = (args.next_arg(), args.next_arg(), args.next_arg())
+            else {
+                return Err(E);
+            };
+            let (subject, reply, hdr, total) = match args.next_arg() {
+                None => (w, None, x, y),
+                Some(z) if args.done() => (w, Some(x), y, z),
+                Some(_) => return Err(E),
             };
             let hdr = parse_size(arg(line, &hdr)).ok_or(ParseError::BadArgs("HPUB header size"))?;
             let total =
@@ -307,31 +326,37 @@ impl Parser {
             self.start_payload(subject, reply, hdr, total)?;
             Ok(None)
         } else if is(b"SUB") {
-            let ([x, y, z], n) = split_args::<3>(line, verb_end)
-                .ok_or(ParseError::BadArgs("SUB takes 2 or 3 arguments"))?;
-            Ok(Some(match n {
-                2 => Parsed::Sub {
+            const E: ParseError = ParseError::BadArgs("SUB takes 2 or 3 arguments");
+            let mut args = Args::new(line, verb_end);
+            let (Some(x), Some(y)) = (args.next_arg(), args.next_arg()) else {
+                return Err(E);
+            };
+            Ok(Some(match args.next_arg() {
+                None => Parsed::Sub {
                     subject: x,
                     queue: None,
                     sid: y,
                 },
-                3 => Parsed::Sub {
+                Some(z) if args.done() => Parsed::Sub {
                     subject: x,
                     queue: Some(y),
                     sid: z,
                 },
-                _ => return Err(ParseError::BadArgs("SUB takes 2 or 3 arguments")),
+                Some(_) => return Err(E),
             }))
         } else if is(b"UNSUB") {
-            let ([x, y], n) = split_args::<2>(line, verb_end)
-                .ok_or(ParseError::BadArgs("UNSUB takes 1 or 2 arguments"))?;
-            Ok(Some(match n {
-                1 => Parsed::Unsub { sid: x, max: None },
-                2 => Parsed::Unsub {
+            const E: ParseError = ParseError::BadArgs("UNSUB takes 1 or 2 arguments");
+            let mut args = Args::new(line, verb_end);
+            let Some(x) = args.next_arg() else {
+                return Err(E);
+            };
+            Ok(Some(match args.next_arg() {
+                None => Parsed::Unsub { sid: x, max: None },
+                Some(y) if args.done() => Parsed::Unsub {
                     sid: x,
                     max: Some(parse_size(arg(line, &y)).ok_or(ParseError::BadArgs("UNSUB max"))?),
                 },
-                _ => return Err(ParseError::BadArgs("UNSUB takes 1 or 2 arguments")),
+                Some(_) => return Err(E),
             }))
         } else if is(b"PING") && rest_blank() {
             Ok(Some(Parsed::Ping))
@@ -408,6 +433,33 @@ pub fn encode_msg(
     out.put_slice(num.format(headers.len() + body.len()).as_bytes());
     out.put_slice(b"\r\n");
     out.put_slice(headers);
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes `MSG <subject> <sid> ` into `prefix`: the start of every `MSG`
+/// without reply subject or headers for one subscription and subject, which
+/// a connection keeps to write each such delivery with
+/// [`encode_msg_prefixed`].
+pub fn msg_prefix(prefix: &mut Vec<u8>, subject: &[u8], sid: &[u8]) {
+    prefix.clear();
+    prefix.reserve(subject.len() + sid.len() + 6);
+    prefix.extend_from_slice(b"MSG ");
+    prefix.extend_from_slice(subject);
+    prefix.push(b' ');
+    prefix.extend_from_slice(sid);
+    prefix.push(b' ');
+}
+
+/// Appends a `MSG` (no reply subject, no headers) whose start [`msg_prefix`]
+/// made: the same bytes as [`encode_msg`] writes for it.
+pub fn encode_msg_prefixed(out: &mut BytesMut, prefix: &[u8], body: &[u8]) {
+    let mut num = itoa::Buffer::new();
+    let len = num.format(body.len()).as_bytes();
+    out.reserve(prefix.len() + len.len() + body.len() + 4);
+    out.put_slice(prefix);
+    out.put_slice(len);
+    out.put_slice(b"\r\n");
     out.put_slice(body);
     out.put_slice(b"\r\n");
 }
@@ -582,5 +634,22 @@ mod tests {
             &out[..],
             b"MSG a.b 7 2\r\nhi\r\nHMSG a.b 7 r 12 14\r\nNATS/1.0\r\n\r\nhi\r\n"
         );
+    }
+
+    #[test]
+    fn a_prefixed_msg_is_the_same_bytes_as_encode_msg() {
+        let mut prefix = Vec::new();
+        for (subject, sid, body) in [
+            (&b"a.b"[..], &b"7"[..], &b"hi"[..]),
+            (b"x", b"1234567890", b""),
+            (b"foo.bar.baz", b"s", &[0u8; 1000][..]),
+        ] {
+            let mut want = BytesMut::new();
+            encode_msg(&mut want, subject, sid, None, b"", body);
+            msg_prefix(&mut prefix, subject, sid);
+            let mut got = BytesMut::from(&b"PONG\r\n"[..]);
+            encode_msg_prefixed(&mut got, &prefix, body);
+            assert_eq!(&got[6..], &want[..]);
+        }
     }
 }

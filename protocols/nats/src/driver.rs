@@ -24,7 +24,9 @@ use switchyard_core::{
     Broker, ConsumeOptions, CoreError, Deliveries, Delivery, Events, Overflow, QueueOptions,
     Session, SessionEvent, Subscribe, SubscriptionKind, WakeBatch,
 };
-use switchyard_model::{Address, AddressFilter, ConsumerId, Headers, Message, Properties};
+use switchyard_model::{
+    AddressFilter, ConsumerId, Headers, Message, MessageId, Namespace, Origin, Properties, Str,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The NATS protocol adapter.
@@ -88,6 +90,7 @@ impl ProtocolAdapter for NatsAdapter {
             connected: false,
             pings_out: 0,
             expired: Vec::new(),
+            wire_ok: None,
             publisher: false,
             peer: conn.peer.map(|p| p.ip()),
             tls_identity: conn.tls_identity.clone(),
@@ -164,6 +167,10 @@ struct Sub {
     filter: AddressFilter,
     max: Option<u64>,
     delivered: u64,
+    /// `MSG <subject> <sid> ` for the address last delivered without reply
+    /// subject or headers (most subscriptions see one subject over and over).
+    prefix: Vec<u8>,
+    prefix_for: Option<Str>,
 }
 
 /// How a turn of the loop ended for the connection.
@@ -193,12 +200,15 @@ struct State<'a> {
     sids: HashMap<Box<[u8]>, ConsumerId>,
     /// Recently published subjects, already validated (most publishers use
     /// a few subjects over and over).
-    addresses: HashMap<Box<[u8]>, Address>,
+    addresses: HashMap<Box<[u8]>, Str>,
     opts: ConnectOptions,
     connected: bool,
     pings_out: u32,
     /// Subscriptions that reached their `UNSUB` max during this turn.
     expired: Vec<ConsumerId>,
+    /// The address last found to be a valid NATS subject on delivery (the
+    /// check is skipped for the same address again).
+    wire_ok: Option<Str>,
     /// This connection has published: it is held back while the broker
     /// blocks publishers (memory or disk watermark).
     publisher: bool,
@@ -550,7 +560,7 @@ impl State<'_> {
     }
 
     /// The address for a publish subject, from the connection's cache.
-    fn address(&mut self, subject: &[u8]) -> Option<Address> {
+    fn address(&mut self, subject: &[u8]) -> Option<Str> {
         if let Some(a) = self.addresses.get(subject) {
             return Some(a.clone());
         }
@@ -558,6 +568,7 @@ impl State<'_> {
         if self.addresses.len() >= ADDRESS_CACHE {
             self.addresses.clear();
         }
+        let a: Str = a.as_arc().clone();
         self.addresses.insert(subject.into(), a.clone());
         Some(a)
     }
@@ -588,21 +599,28 @@ impl State<'_> {
             },
             None => None,
         };
-        let mut msg = Message::multicast(&address, Bytes::new());
-        let mut props = Properties::default();
+        let mut properties = Properties::default();
         let mut headers = Headers::new();
-        if header_len > 0 {
+        let body = if header_len > 0 {
             if let Some(block) = payload.get(..header_len) {
-                mapping::read_headers(block, &mut headers, &mut props);
+                mapping::read_headers(block, &mut headers, &mut properties);
             }
-            msg.body = payload.slice(header_len.min(payload.len())..);
+            payload.slice(header_len.min(payload.len())..)
         } else {
-            msg.body = payload;
-        }
-        props.reply_to = reply_to.clone();
-        msg.properties = props;
-        msg.headers = headers;
-        match self.session.publish(msg) {
+            payload
+        };
+        properties.reply_to = reply_to.clone();
+        // Built once in its shared allocation, the address moved in.
+        let msg = Arc::new(Message {
+            id: MessageId::default(),
+            namespace: Namespace::Multicast,
+            address,
+            body,
+            properties,
+            headers,
+            origin: Origin::INTERNAL,
+        });
+        match self.session.publish_shared(msg) {
             Ok(published) => {
                 if let Some(reply) = reply_to
                     && self.opts.no_responders
@@ -615,9 +633,10 @@ impl State<'_> {
             }
             Err(CoreError::MessageTooLarge { .. }) => self.close_with("Maximum Payload Violation"),
             Err(CoreError::AccessRefused(_)) => {
+                // The address is the subject's text.
                 let text = format!(
                     "Permissions Violation for Publish to \"{}\"",
-                    address.as_str()
+                    String::from_utf8_lossy(subject)
                 );
                 codec::encode_err(&mut self.wbuf, &text);
                 Flow::Continue
@@ -684,6 +703,8 @@ impl State<'_> {
                         filter,
                         max: None,
                         delivered: 0,
+                        prefix: Vec::new(),
+                        prefix_for: None,
                     },
                 );
                 self.ok();
@@ -726,7 +747,7 @@ impl State<'_> {
             return;
         }
         let msg = &d.message;
-        if !mapping::is_wire_subject(&msg.address) {
+        if !wire_subject_cached(&mut self.wire_ok, &msg.address) {
             self.adapter
                 .dropped_unwritable
                 .fetch_add(1, Ordering::Relaxed);
@@ -748,6 +769,20 @@ impl State<'_> {
         } else {
             self.scratch.clear();
         }
+        if reply.is_none() && self.scratch.is_empty() {
+            // The common case: the same `MSG <subject> <sid> ` start as the
+            // previous delivery of this subscription.
+            if !sub
+                .prefix_for
+                .as_ref()
+                .is_some_and(|a| Arc::ptr_eq(a, &msg.address))
+            {
+                codec::msg_prefix(&mut sub.prefix, msg.address.as_bytes(), &sub.sid);
+                sub.prefix_for = Some(msg.address.clone());
+            }
+            codec::encode_msg_prefixed(&mut self.wbuf, &sub.prefix, &msg.body);
+            return;
+        }
         codec::encode_msg(
             &mut self.wbuf,
             msg.address.as_bytes(),
@@ -757,6 +792,19 @@ impl State<'_> {
             &msg.body,
         );
     }
+}
+
+/// [`mapping::is_wire_subject`], skipped when `address` is the one last
+/// found valid (`last`).
+fn wire_subject_cached(last: &mut Option<Str>, address: &Str) -> bool {
+    if last.as_ref().is_some_and(|a| Arc::ptr_eq(a, address)) {
+        return true;
+    }
+    let ok = mapping::is_wire_subject(address);
+    if ok {
+        *last = Some(address.clone());
+    }
+    ok
 }
 
 /// Reads into `buf`, growing it in steps while data flows (and keeping it
