@@ -849,6 +849,7 @@ impl Queue {
             return;
         }
         if self.dispatch_lean(st) {
+            self.relieve_if_drained(st);
             return;
         }
         // With a single active consumer only the first (non-passive) one
