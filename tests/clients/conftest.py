@@ -41,8 +41,9 @@ class Broker:
         env.pop("RUST_LOG", None)
         # Test-harness variables share the SWITCHYARD_ prefix but are not
         # configuration keys (the config would reject them as unknown).
-        env.pop("SWITCHYARD_BIN", None)
-        env.pop("SWITCHYARD_TEST_ECHO", None)
+        for key in list(env):
+            if key == "SWITCHYARD_BIN" or key.startswith(("SWITCHYARD_TEST_", "SWITCHYARD_CRASH_")):
+                del env[key]
         env["SWITCHYARD_LOG__FORMAT"] = "json"
         env["SWITCHYARD_LOG__LEVEL"] = "info"
         env["SWITCHYARD_SERVER__DATA_DIR"] = str(data_dir)

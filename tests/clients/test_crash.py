@@ -26,6 +26,7 @@ STOMP acks carry a receipt, which the broker sends once the ack is on disk.
 """
 
 import os
+import pathlib
 import queue
 import random
 import threading
@@ -58,6 +59,12 @@ class Ledger:
         self.deliveries = {}
         self.committed = set()
         self.came_back = set()
+        # (time, event) lines written out when the test fails.
+        self.events = []
+
+    def event(self, what):
+        with self.lock:
+            self.events.append(f"{time.monotonic():.3f} {what}")
 
     def on_sent(self, mid):
         with self.lock:
@@ -178,7 +185,11 @@ def amqp_consumer(broker, ledger):
 # --- MQTT -----------------------------------------------------------------
 
 
-def mqtt_client(broker, client_id, clean, manual_ack=False):
+def mqtt_client(broker, client_id, clean, manual_ack=False, on_message=None, on_disconnect=None):
+    """A connected paho client. Callbacks are set before CONNECT: a resumed
+    session's messages come right behind the CONNACK, and paho drops (and,
+    with manual acks, never acknowledges) a message that arrives before
+    `on_message` is set."""
     c = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
@@ -187,6 +198,8 @@ def mqtt_client(broker, client_id, clean, manual_ack=False):
         manual_ack=manual_ack,
         reconnect_on_failure=False,
     )
+    c.on_message = on_message
+    c.on_disconnect = on_disconnect
     connected = threading.Event()
     c.on_connect = lambda *a: connected.set()
     host, port = broker.addr("mqtt")
@@ -215,6 +228,7 @@ def mqtt_publisher(broker, ledger, tag):
             n += 1
             ledger.on_sent(mid)
             if not mqtt_confirmed(c.publish(MQTT_TOPIC, mid.encode(), qos=1)):
+                ledger.event(f"publisher: {mid} not confirmed")
                 break
             ledger.on_confirmed(mid)
         c.loop_stop()
@@ -237,16 +251,22 @@ def mqtt_subscribe(broker):
 def mqtt_consumer(broker, ledger):
     def run(stop):
         inbox = queue.Queue()
-        c = mqtt_client(broker, MQTT_SUBSCRIBER, clean=False, manual_ack=True)
-        c.on_message = lambda _c, _u, m: inbox.put(m)
         broken = threading.Event()
-        c.on_disconnect = lambda *a: broken.set()
+
+        def on_disconnect(*a):
+            ledger.event(f"consumer disconnected {a[3:]!r}")
+            broken.set()
+
+        c = mqtt_client(broker, MQTT_SUBSCRIBER, clean=False, manual_ack=True,
+                        on_message=lambda _c, _u, m: inbox.put(m), on_disconnect=on_disconnect)
+        ledger.event("consumer connected")
         pending = []
 
         def commit():
             if pending:
                 if not mqtt_confirmed(c.publish(MQTT_BARRIER, b"barrier", qos=1)):
                     raise ConnectionError("barrier not confirmed")
+                ledger.event(f"committed {len(pending)} up to {pending[-1]}")
                 ledger.on_committed(pending)
                 pending.clear()
 
@@ -258,6 +278,7 @@ def mqtt_consumer(broker, ledger):
                 if stop.is_set():
                     break
                 continue
+            ledger.event(f"got {m.topic} {m.payload[:40]!r} packet {m.mid} dup {m.dup}")
             if m.topic == MQTT_TOPIC:
                 ledger.on_delivered(m.payload.decode())
                 pending.append(m.payload.decode())
@@ -399,9 +420,17 @@ def test_no_confirmed_message_is_lost_across_kill_9(broker_factory, tmp_path):
     print(f"\ncrash test: seed {seed} (SWITCHYARD_CRASH_SEED), {kills} kills")
     data = str(tmp_path / "data")
     ledgers = {p: Ledger(p) for p in PROTOCOLS}
+    brokers = []
+
+    def start():
+        b = broker_factory(data_dir=data)
+        brokers.append(b)
+        for l in ledgers.values():
+            l.event(f"broker {len(brokers) - 1} ready")
+        return b
 
     for round_no in range(kills):
-        b = broker_factory(data_dir=data)
+        b = start()
         if round_no == 0:
             mqtt_subscribe(b)
         stop, workers = start_workers(b, ledgers, round_no)
@@ -410,13 +439,15 @@ def test_no_confirmed_message_is_lost_across_kill_9(broker_factory, tmp_path):
             w = next(w for w in workers if w.name == name)
             assert w.is_alive(), f"{name} stopped before the kill: {w.error!r}"
         b.kill()
+        for l in ledgers.values():
+            l.event(f"broker {len(brokers) - 1} killed")
         stop.set()
         join(workers)
         counts = {p: (len(l.confirmed), len(l.deliveries)) for p, l in ledgers.items()}
         print(f"round {round_no}: killed; confirmed/delivered so far {counts}")
 
     # The last restart: consumers drain everything.
-    b = broker_factory(data_dir=data)
+    b = start()
     stop, workers = start_workers(b, ledgers, kills, publishers=False)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not all(l.drained() for l in ledgers.values()):
@@ -445,4 +476,13 @@ def test_no_confirmed_message_is_lost_across_kill_9(broker_factory, tmp_path):
         # at each kill.
         if r["unconfirmed"] > kills:
             failures.append(f"{p}: {r['unconfirmed']} unconfirmed messages for {kills} kills")
+    if failures:
+        # What each broker logged and what the clients saw, for the post-mortem.
+        out = pathlib.Path(os.environ.get("SWITCHYARD_CRASH_LOGDIR") or tmp_path) / f"seed-{seed}"
+        out.mkdir(parents=True, exist_ok=True)
+        for i, b in enumerate(brokers):
+            (out / f"broker-{i}.log").write_text("\n".join(b.log) + "\n")
+        for p, l in ledgers.items():
+            (out / f"{p}-events.log").write_text("\n".join(l.events) + "\n")
+        failures.append(f"logs in {out}")
     assert not failures, f"seed {seed}: " + "; ".join(failures)
