@@ -28,21 +28,33 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use switchyard_model::Str;
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// State a holder leaves behind for the next one.
 pub type Parked = Arc<dyn Any + Send + Sync>;
 
+/// The current holder of an id: its claim number and the token cancelled
+/// to evict it.
 #[derive(Debug)]
 struct Holder {
     claim: u64,
     evict: CancellationToken,
-    released: CancellationToken,
 }
 
+/// One id's entry, kept small: an entry exists per connected client.
 struct Entry {
     holder: Option<Holder>,
     parked: Option<(u64, Parked)>,
+    /// Claims evicted that have not released yet (their successors wait
+    /// for them); empty, and so unallocated, but during a takeover.
+    leaving: Vec<u64>,
+}
+
+impl Entry {
+    fn is_unused(&self) -> bool {
+        self.holder.is_none() && self.parked.is_none() && self.leaving.is_empty()
+    }
 }
 
 impl std::fmt::Debug for Entry {
@@ -50,14 +62,32 @@ impl std::fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("holder", &self.holder)
             .field("parked", &self.parked.as_ref().map(|(n, _)| n))
+            .field("leaving", &self.leaving)
             .finish()
     }
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    entries: Mutex<HashMap<(Str, Str), Entry>>,
+    /// Entries by scope, then id (the scope's name is shared by its
+    /// entries).
+    entries: Mutex<HashMap<Str, HashMap<Str, Entry>>>,
     next: AtomicU64,
+    /// Woken whenever an evicted claim is released (takeovers are rare:
+    /// one notifier for all, waiters check their own claim).
+    released: Notify,
+}
+
+impl Registry {
+    /// True while claim `number` of `(scope, id)` was evicted and has not
+    /// released the id yet.
+    fn is_leaving(&self, scope: &str, id: &str, number: u64) -> bool {
+        self.entries
+            .lock()
+            .get(scope)
+            .and_then(|m| m.get(id))
+            .is_some_and(|e| e.leaving.contains(&number))
+    }
 }
 
 /// The broker's client registry (see the module docs).
@@ -75,11 +105,12 @@ pub struct ParkTicket(u64);
 #[derive(Debug)]
 pub struct Claim {
     registry: Arc<Registry>,
-    key: (Str, Str),
+    scope: Str,
+    id: Str,
     number: u64,
     evict: CancellationToken,
-    released: CancellationToken,
-    previous: Option<CancellationToken>,
+    /// The claim this one evicted, while it may not have released yet.
+    previous: Option<u64>,
     done: bool,
 }
 
@@ -90,32 +121,48 @@ impl ClientRegistry {
 
     /// Claims `id` in `scope`, evicting the current holder if there is one.
     pub fn claim(&self, scope: &str, id: &str) -> Claim {
+        self.claim_with(scope, Str::from(id), CancellationToken::new())
+    }
+
+    /// Claims `id` in `scope` like [`ClientRegistry::claim`]; a later claim
+    /// of the same id evicts this one by cancelling `evict`. A connection
+    /// passes its own shutdown token, so one wait covers both (and nothing
+    /// more is allocated per claim); [`Claim::is_evicted`] tells them apart.
+    pub fn claim_with(&self, scope: &str, id: Str, evict: CancellationToken) -> Claim {
         let number = self.inner.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let key: (Str, Str) = (Str::from(scope), Str::from(id));
-        let evict = CancellationToken::new();
-        let released = CancellationToken::new();
-        let previous = {
+        let (scope, previous) = {
             let mut map = self.inner.entries.lock();
-            let entry = map.entry(key.clone()).or_insert(Entry {
+            let scope = match map.get_key_value(scope) {
+                Some((k, _)) => k.clone(),
+                None => {
+                    let k = Str::from(scope);
+                    map.insert(k.clone(), HashMap::new());
+                    k
+                }
+            };
+            let ids = map.entry(scope.clone()).or_default();
+            let entry = ids.entry(id.clone()).or_insert(Entry {
                 holder: None,
                 parked: None,
+                leaving: Vec::new(),
             });
             let old = entry.holder.replace(Holder {
                 claim: number,
                 evict: evict.clone(),
-                released: released.clone(),
             });
-            old.map(|h| {
+            let previous = old.map(|h| {
                 h.evict.cancel();
-                h.released
-            })
+                entry.leaving.push(h.claim);
+                h.claim
+            });
+            (scope, previous)
         };
         Claim {
             registry: self.inner.clone(),
-            key,
+            scope,
+            id,
             number,
             evict,
-            released,
             previous,
             done: false,
         }
@@ -126,27 +173,30 @@ impl ClientRegistry {
         self.inner
             .entries
             .lock()
-            .get(&(Str::from(scope), Str::from(id)))
+            .get(scope)
+            .and_then(|m| m.get(id))
             .is_some_and(|e| e.holder.is_some())
     }
 
     /// Removes and returns the state parked under `id`, if it is still the
     /// one `ticket` names and nobody has claimed the id since.
     pub fn unpark(&self, scope: &str, id: &str, ticket: ParkTicket) -> Option<Parked> {
-        let key = (Str::from(scope), Str::from(id));
         let mut map = self.inner.entries.lock();
-        let entry = map.get_mut(&key)?;
+        let ids = map.get_mut(scope)?;
+        let entry = ids.get_mut(id)?;
         if entry.holder.is_some() || entry.parked.as_ref().map(|(n, _)| *n) != Some(ticket.0) {
             return None;
         }
         let state = entry.parked.take().map(|(_, s)| s);
-        map.remove(&key);
+        if entry.is_unused() {
+            ids.remove(id);
+        }
         state
     }
 
     /// Ids currently claimed or with parked state.
     pub fn len(&self) -> usize {
-        self.inner.entries.lock().len()
+        self.inner.entries.lock().values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -157,16 +207,26 @@ impl ClientRegistry {
 impl Claim {
     /// The claimed id.
     pub fn id(&self) -> &str {
-        &self.key.1
+        &self.id
     }
 
-    /// Resolves when another connection claims the same id. Cancel-safe.
+    /// Resolves when another connection claims the same id (or, for a
+    /// claim made with [`ClientRegistry::claim_with`], when its token is
+    /// cancelled for any reason). Cancel-safe.
     pub fn evicted(&self) -> WaitForCancellationFuture<'_> {
         self.evict.cancelled()
     }
 
+    /// True once another claim of the same id has evicted this one.
     pub fn is_evicted(&self) -> bool {
-        self.evict.is_cancelled()
+        if !self.evict.is_cancelled() {
+            return false;
+        }
+        let map = self.registry.entries.lock();
+        map.get(&*self.scope)
+            .and_then(|m| m.get(&*self.id))
+            .and_then(|e| e.holder.as_ref())
+            .is_none_or(|h| h.claim != self.number)
     }
 
     /// True when this claim evicted a previous holder.
@@ -177,8 +237,17 @@ impl Claim {
     /// Resolves once the holder this claim evicted has released the id
     /// (at once if there was none).
     pub async fn previous_released(&self) {
-        if let Some(p) = &self.previous {
-            p.cancelled().await;
+        let Some(previous) = self.previous else {
+            return;
+        };
+        loop {
+            let released = self.registry.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if !self.registry.is_leaving(&self.scope, &self.id, previous) {
+                return;
+            }
+            released.await;
         }
     }
 
@@ -187,7 +256,11 @@ impl Claim {
     /// left.
     pub fn take_parked(&self) -> Option<Parked> {
         let mut map = self.registry.entries.lock();
-        map.get_mut(&self.key)?.parked.take().map(|(_, s)| s)
+        map.get_mut(&*self.scope)?
+            .get_mut(&*self.id)?
+            .parked
+            .take()
+            .map(|(_, s)| s)
     }
 
     /// Releases the id, parking `state` for the next holder (replacing any
@@ -202,11 +275,13 @@ impl Claim {
             return None;
         }
         self.done = true;
+        let mut was_evicted = false;
         let ticket = {
             let mut map = self.registry.entries.lock();
             let mut ticket = None;
-            let mut remove = false;
-            if let Some(entry) = map.get_mut(&self.key) {
+            if let Some(ids) = map.get_mut(&*self.scope)
+                && let Some(entry) = ids.get_mut(&*self.id)
+            {
                 if entry
                     .holder
                     .as_ref()
@@ -214,18 +289,26 @@ impl Claim {
                 {
                     entry.holder = None;
                 }
+                if let Some(i) = entry.leaving.iter().position(|n| *n == self.number) {
+                    entry.leaving.swap_remove(i);
+                    if entry.leaving.is_empty() {
+                        entry.leaving = Vec::new();
+                    }
+                    was_evicted = true;
+                }
                 if let Some(s) = state {
                     entry.parked = Some((self.number, s));
                     ticket = Some(ParkTicket(self.number));
                 }
-                remove = entry.holder.is_none() && entry.parked.is_none();
-            }
-            if remove {
-                map.remove(&self.key);
+                if entry.is_unused() {
+                    ids.remove(&*self.id);
+                }
             }
             ticket
         };
-        self.released.cancel();
+        if was_evicted {
+            self.registry.released.notify_waiters();
+        }
         ticket
     }
 }

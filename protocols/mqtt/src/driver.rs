@@ -9,7 +9,12 @@
 //!
 //! Memory of an idle connection is kept small: the read buffer is dropped
 //! when it is empty after a small read, and the next read goes through a
-//! stack buffer; the write buffer is dropped after a small flush.
+//! stack buffer; the write buffer is dropped after a small flush. A
+//! connection without a receiving side runs a lean loop that holds no
+//! futures for deliveries and events (a connection with one switches to the
+//! full loop, boxed, once); the publishing state is allocated at the first
+//! PUBLISH; the client-id claim is evicted through the shutdown token, so
+//! one wait (and no token of its own) covers both.
 
 use crate::auth::{self, Credentials};
 use crate::codec::{
@@ -71,15 +76,18 @@ struct PendingAck {
 /// Resolves when the answer at the front of `acks` may go out: `Ok` once
 /// its message is on disk (at once when it waits for nothing).
 fn front_ack(
-    acks: &mut VecDeque<PendingAck>,
+    pubs: Option<&mut Publishing>,
 ) -> impl std::future::Future<Output = Result<(), String>> + '_ {
-    std::future::poll_fn(move |cx| match acks.front_mut() {
-        None => Poll::Pending,
-        Some(PendingAck { wait: None, .. }) => Poll::Ready(Ok(())),
-        Some(PendingAck { wait: Some(c), .. }) => {
-            Pin::new(c).poll(cx).map(|r| r.map_err(|e| e.to_string()))
-        }
-    })
+    let mut acks = pubs.map(|p| &mut p.acks);
+    std::future::poll_fn(
+        move |cx| match acks.as_deref_mut().and_then(VecDeque::front_mut) {
+            None => Poll::Pending,
+            Some(PendingAck { wait: None, .. }) => Poll::Ready(Ok(())),
+            Some(PendingAck { wait: Some(c), .. }) => {
+                Pin::new(c).poll(cx).map(|r| r.map_err(|e| e.to_string()))
+            }
+        },
+    )
 }
 
 /// How a connection ends.
@@ -361,17 +369,14 @@ struct Conn {
     will: Option<Box<codec::Will>>,
     /// The outgoing in-flight window (at most 65535).
     window: u16,
-    qos2: Qos2Ids,
-    in_aliases: InboundAliases,
+    /// What only a publishing client needs, allocated at its first
+    /// PUBLISH (or with a resumed session's QoS 2 identifiers): an idle
+    /// connection holds none.
+    pubs: Option<Box<Publishing>>,
     /// Topic aliases the client accepts (5.0).
     out_alias_max: u16,
     /// The client's Maximum Packet Size.
     client_max_packet: u32,
-    /// Last topic published and its address (publishers repeat topics).
-    last_topic: Option<(bytes::Bytes, Str)>,
-    /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
-    /// is told a QoS 1/2 message is safe only once it is on disk.
-    acks: VecDeque<PendingAck>,
     /// A subscription this client publishes to is past its
     /// `max_queued_*` bound: the client is not read until it drains.
     pressure: Option<switchyard_core::Pressure>,
@@ -381,6 +386,19 @@ struct Conn {
     /// What the ACL lets the client do, and who it logged in as (for the
     /// receiving side's session); `None` when no ACL is configured.
     acl: Option<Box<(switchyard_core::Authorizer, switchyard_core::Principal)>>,
+}
+
+/// The publishing side of a connection.
+#[derive(Default)]
+struct Publishing {
+    /// QoS 2 packet ids received and not yet released by PUBREL.
+    qos2: Qos2Ids,
+    in_aliases: InboundAliases,
+    /// Last topic published and its address (publishers repeat topics).
+    last_topic: Option<(bytes::Bytes, Str)>,
+    /// PUBACK/PUBREC answers waiting for the journal's fsync: a publisher
+    /// is told a QoS 1/2 message is safe only once it is on disk.
+    acks: VecDeque<PendingAck>,
 }
 
 /// Serves one connection from its first byte to its end.
@@ -395,8 +413,68 @@ pub(crate) async fn serve(
     let Some((mut c, shutdown, claim)) = Box::pin(open(conn, broker, cfg)).await? else {
         return Ok(());
     };
-    let end = c.run(&shutdown, &claim).await;
+    let end = match c.run::<Lean>(&shutdown, &claim).await {
+        Some(end) => end,
+        // The connection has a receiving side now: the loop that also waits
+        // for deliveries and events takes over, boxed, so that a connection
+        // without one does not hold the futures for them.
+        None => Box::pin(c.run::<Full>(&shutdown, &claim))
+            .await
+            .unwrap_or(Close::Gone(None)),
+    };
     Box::pin(c.finish(end, claim)).await
+}
+
+/// What the connection's loop waits for besides the socket and the timer:
+/// [`Lean`] (no receiving side; its futures take no space) or [`Full`].
+trait Side {
+    const RECEIVES: bool;
+    fn events(
+        e: Option<&switchyard_core::Events>,
+    ) -> impl std::future::Future<Output = Option<Vec<SessionEvent>>> + Send + '_;
+    fn delivery(
+        d: Option<&mut switchyard_core::Deliveries>,
+    ) -> impl std::future::Future<Output = Option<(Delivery, &mut switchyard_core::Deliveries)>>
+    + Send
+    + '_;
+}
+
+/// The loop of a connection without a receiving side.
+struct Lean;
+
+/// The loop of a connection with one.
+struct Full;
+
+impl Side for Lean {
+    const RECEIVES: bool = false;
+    fn events(
+        _: Option<&switchyard_core::Events>,
+    ) -> impl std::future::Future<Output = Option<Vec<SessionEvent>>> + Send + '_ {
+        std::future::pending()
+    }
+    fn delivery(
+        _: Option<&mut switchyard_core::Deliveries>,
+    ) -> impl std::future::Future<Output = Option<(Delivery, &mut switchyard_core::Deliveries)>>
+    + Send
+    + '_ {
+        std::future::pending()
+    }
+}
+
+impl Side for Full {
+    const RECEIVES: bool = true;
+    fn events(
+        e: Option<&switchyard_core::Events>,
+    ) -> impl std::future::Future<Output = Option<Vec<SessionEvent>>> + Send + '_ {
+        events_ready(e)
+    }
+    fn delivery(
+        d: Option<&mut switchyard_core::Deliveries>,
+    ) -> impl std::future::Future<Output = Option<(Delivery, &mut switchyard_core::Deliveries)>>
+    + Send
+    + '_ {
+        next_delivery(d)
+    }
 }
 
 type Opened = (Box<Conn>, tokio_util::sync::CancellationToken, Claim);
@@ -533,7 +611,11 @@ async fn open(
 
     // Take the client id; a connection holding it is told to leave
     // [MQTT-3.1.4-2], and its session state is handed over.
-    let claim = broker.clients().claim(SCOPE, &client_id);
+    // The claim is evicted through the connection's own shutdown token:
+    // one wait in the loop covers both (`Claim::is_evicted` tells which).
+    let claim = broker
+        .clients()
+        .claim_with(SCOPE, client_id.clone(), shutdown.clone());
     if claim.took_over()
         && tokio::time::timeout(Duration::from_secs(10), claim.previous_released())
             .await
@@ -705,12 +787,14 @@ async fn open(
         publisher: false,
         will: connect.will.clone().map(Box::new),
         window: u16::try_from(window.max(1)).unwrap_or(u16::MAX),
-        qos2,
-        in_aliases: InboundAliases::default(),
+        pubs: (!qos2.is_empty()).then(|| {
+            Box::new(Publishing {
+                qos2,
+                ..Publishing::default()
+            })
+        }),
         out_alias_max,
         client_max_packet,
-        last_topic: None,
-        acks: VecDeque::new(),
         pressure: None,
         journaled: persistent && journal(),
         acl: {
@@ -1017,33 +1101,40 @@ impl Conn {
         }
     }
 
-    async fn run(
+    /// The connection's loop. [`Lean`] returns `None` as soon as the
+    /// connection has a receiving side, for [`Full`] to go on.
+    async fn run<S: Side>(
         &mut self,
         shutdown: &tokio_util::sync::CancellationToken,
         claim: &Claim,
-    ) -> Close {
+    ) -> Option<Close> {
         let ka = self.keep_alive;
         let grace = ka + ka / 2;
-        let timer = tokio::time::sleep(if ka.is_zero() {
-            Duration::from_secs(86_400 * 365)
+        let timer = tokio::time::sleep_until(if ka.is_zero() {
+            Instant::now() + Duration::from_secs(86_400 * 365)
         } else {
-            grace
+            self.last_rx + grace
         });
         tokio::pin!(timer);
         let mut flow = self.broker.flow();
-        // Bytes that came with the CONNECT.
-        if let Err(close) = self.on_bytes() {
-            if let Close::Server(code, why) = &close {
-                let (code, why) = (*code, why.clone());
-                self.disconnect(code, &why);
+        if !S::RECEIVES {
+            // Bytes that came with the CONNECT.
+            if let Err(close) = self.on_bytes() {
+                if let Close::Server(code, why) = &close {
+                    let (code, why) = (*code, why.clone());
+                    self.disconnect(code, &why);
+                }
+                let _ = self.flush().await;
+                return Some(close);
             }
-            let _ = self.flush().await;
-            return close;
-        }
-        if let Err(e) = self.flush().await {
-            return e;
+            if let Err(e) = self.flush().await {
+                return Some(e);
+            }
         }
         loop {
+            if !S::RECEIVES && self.sub.is_some() {
+                return None;
+            }
             // The delivery stream is taken out of the subscriber for this
             // turn (the handlers need `&mut self`) and put back after it.
             let owner = self.sub.as_deref().map(|s| std::ptr::from_ref(s) as usize);
@@ -1063,25 +1154,26 @@ impl Conn {
             if hold || pressed {
                 self.last_rx = Instant::now();
             }
-            let can_read = !hold && !pressed && self.acks.len() < MAX_PENDING_ACKS;
+            let pending_acks = self.pubs.as_ref().map_or(0, |p| p.acks.len());
+            let can_read = !hold && !pressed && pending_acks < MAX_PENDING_ACKS;
             let want = self.read_want();
             let turn: Result<(), Close> = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
+                    if claim.is_evicted() {
+                        self.disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
+                        let _ = self.flush().await;
+                        return Some(Close::TakenOver);
+                    }
                     self.disconnect(reason::SERVER_SHUTTING_DOWN, "server shutting down");
                     let _ = self.flush().await;
-                    return Close::Shutdown;
+                    return Some(Close::Shutdown);
                 }
-                () = claim.evicted() => {
-                    self.disconnect(reason::SESSION_TAKEN_OVER, "session taken over");
-                    let _ = self.flush().await;
-                    return Close::TakenOver;
-                }
-                Some(events) = events_ready(events.as_ref()) => {
+                Some(events) = S::events(events.as_ref()) => {
                     self.on_events(events);
                     Ok(())
                 }
-                d = next_delivery(deliveries.as_mut()), if room => match d {
+                d = S::delivery(deliveries.as_mut()), if room => match d {
                     None => Err(Close::protocol(reason::UNSPECIFIED, "session closed")),
                     Some((d, all)) => {
                         let mut r = self.on_delivery(d);
@@ -1106,7 +1198,7 @@ impl Conn {
                         Ok(())
                     }
                 }
-                r = front_ack(&mut self.acks), if !self.acks.is_empty() => match r {
+                r = front_ack(self.pubs.as_deref_mut()), if pending_acks > 0 => match r {
                     Ok(()) => {
                         self.release_acks();
                         Ok(())
@@ -1139,10 +1231,10 @@ impl Conn {
                     self.disconnect(code, &why);
                 }
                 let _ = self.flush().await;
-                return close;
+                return Some(close);
             }
             if let Err(e) = self.flush().await {
-                return e;
+                return Some(e);
             }
             if self.io.rbuf.is_empty()
                 && self.io.last_read < SMALL_IO
@@ -1241,7 +1333,10 @@ impl Conn {
                 Ok(())
             }
             Packet::PubRel(a) => {
-                let known = self.qos2.remove(&a.packet_id);
+                let known = self
+                    .pubs
+                    .as_deref_mut()
+                    .is_some_and(|p| p.qos2.remove(&a.packet_id));
                 if known && self.journaled {
                     save_qos2(&self.broker, &self.client_id, Dir::In, a.packet_id, None);
                 }
@@ -1323,7 +1418,7 @@ impl Conn {
             QoS::AtMostOnce => return,
             QoS::AtLeastOnce => kind::PUBACK,
             QoS::ExactlyOnce => {
-                if code < 0x80 && self.qos2.insert(p.packet_id) && self.journaled {
+                if code < 0x80 && self.pubs().qos2.insert(p.packet_id) && self.journaled {
                     // Kept until PUBREL, across a restart: a PUBLISH sent
                     // again with this identifier is not routed twice.
                     save_qos2(
@@ -1348,10 +1443,10 @@ impl Conn {
         reason: u8,
         wait: Option<switchyard_core::Completion>,
     ) {
-        if wait.is_none() && self.acks.is_empty() {
+        if wait.is_none() && self.pubs.as_ref().is_none_or(|p| p.acks.is_empty()) {
             self.ack_packet(kind, packet_id, reason);
         } else {
-            self.acks.push_back(PendingAck {
+            self.pubs().acks.push_back(PendingAck {
                 kind,
                 packet_id,
                 reason,
@@ -1363,27 +1458,41 @@ impl Conn {
     /// After the front answer's wait resolved: writes it and every answer
     /// behind it that waits for nothing more.
     fn release_acks(&mut self) {
-        if let Some(front) = self.acks.front_mut() {
+        let Some(pubs) = self.pubs.as_deref_mut() else {
+            return;
+        };
+        if let Some(front) = pubs.acks.front_mut() {
             front.wait = None;
         }
-        while let Some(a) = self.acks.front() {
+        while let Some(a) = pubs.acks.front() {
             if a.wait.is_some() {
                 break;
             }
             let (kind, id, reason) = (a.kind, a.packet_id, a.reason);
-            self.acks.pop_front();
-            self.ack_packet(kind, id, reason);
+            pubs.acks.pop_front();
+            codec::encode_ack(&mut self.io.wbuf, kind, id, reason, self.version);
         }
+        if pubs.acks.is_empty() && pubs.acks.capacity() > 0 {
+            pubs.acks = VecDeque::new();
+        }
+    }
+
+    /// The publishing side, allocated when first needed.
+    fn pubs(&mut self) -> &mut Publishing {
+        self.pubs.get_or_insert_with(Box::default)
     }
 
     fn on_publish(&mut self, p: Publish) -> Result<(), Close> {
         self.publisher = true;
-        if p.qos == QoS::ExactlyOnce && self.qos2.contains(&p.packet_id) {
+        let max_qos2 = usize::from(self.cfg.receive_maximum);
+        let qos2 = &self.pubs().qos2;
+        let (again, too_many) = (qos2.contains(&p.packet_id), qos2.len() >= max_qos2);
+        if p.qos == QoS::ExactlyOnce && again {
             // Sent again before PUBREL: routed already, never twice.
             self.answer(kind::PUBREC, p.packet_id, 0, None);
             return Ok(());
         }
-        if p.qos == QoS::ExactlyOnce && self.qos2.len() >= usize::from(self.cfg.receive_maximum) {
+        if p.qos == QoS::ExactlyOnce && too_many {
             return Err(Close::protocol(
                 reason::RECEIVE_MAXIMUM_EXCEEDED,
                 "more QoS 2 publications in flight than Receive Maximum",
@@ -1491,7 +1600,7 @@ impl Conn {
             ));
         }
         if p.topic.is_empty() {
-            return match alias.and_then(|a| self.in_aliases.get(a)) {
+            return match alias.and_then(|a| self.pubs().in_aliases.get(a)) {
                 Some(addr) => Ok(Ok(addr.clone())),
                 None => Err(Close::protocol(
                     reason::PROTOCOL_ERROR,
@@ -1499,12 +1608,12 @@ impl Conn {
                 )),
             };
         }
-        let addr = match &self.last_topic {
+        let addr = match &self.pubs().last_topic {
             Some((t, a)) if *t == p.topic => a.clone(),
             _ => match topic::topic_to_address(p.topic_str()) {
                 Ok(a) => {
                     let a = Str::from(a);
-                    self.last_topic = Some((p.topic.clone(), a.clone()));
+                    self.pubs().last_topic = Some((p.topic.clone(), a.clone()));
                     a
                 }
                 Err(TopicError::Wildcard) => {
@@ -1517,7 +1626,7 @@ impl Conn {
             },
         };
         if let Some(a) = alias {
-            self.in_aliases.set(a, addr.clone());
+            self.pubs().in_aliases.set(a, addr.clone());
         }
         Ok(Ok(addr))
     }
@@ -1946,7 +2055,7 @@ impl Conn {
         let Conn {
             broker,
             sub,
-            qos2,
+            pubs,
             client_id,
             session_expiry,
             journaled,
@@ -2009,7 +2118,11 @@ impl Conn {
             expired: false,
             queue: queue.clone(),
             subs: subs.into_iter().filter(|(_, s)| !s.shared).collect(),
-            qos2: qos2.into_iter().collect(),
+            qos2: pubs
+                .map(|p| p.qos2)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
             reuse,
             pubrel,
             will,
@@ -2123,7 +2236,7 @@ mod tests {
         );
         let future = std::mem::size_of_val(&f);
         let conn = std::mem::size_of::<Conn>();
-        assert!(future <= 1536, "serve future is {future} bytes");
-        assert!(conn <= 512, "Conn is {conn} bytes");
+        assert!(future <= 896, "serve future is {future} bytes");
+        assert!(conn <= 256, "Conn is {conn} bytes");
     }
 }

@@ -69,8 +69,21 @@ impl ProtocolAdapter for MqttAdapter {
         "mqtt"
     }
 
-    async fn serve(&self, conn: Connection, broker: Broker) -> Result<(), AdapterError> {
-        driver::serve(Box::new(conn), broker, self.config.clone()).await
+    // Written out rather than `async fn`: the future `async_trait` would box
+    // keeps its arguments (a whole `Connection`) besides the driver's future
+    // for the connection's life; this boxes the driver's future alone.
+    fn serve<'life0, 'async_trait>(
+        &'life0 self,
+        conn: Connection,
+        broker: Broker,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), AdapterError>> + Send + 'async_trait>,
+    >
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(driver::serve(Box::new(conn), broker, self.config.clone()))
     }
 
     fn recovered(&self, broker: &Broker) {
