@@ -753,32 +753,32 @@ impl Queue {
                     } else if self.block_deadline() <= now_millis() || self.over_hard_limit(st) {
                         // Held long enough, or publishers ignore the
                         // pressure: bound the memory as drop-head does.
-                        while self.over_limit(st) {
-                            let Some(e) = st.ready.pop_oldest_lowest() else {
-                                break;
-                            };
-                            self.dead_letter(st, e, DeathReason::MaxLen, fx);
-                        }
+                        self.drop_oldest_to_limit(st, fx);
                     }
                 }
-                Overflow::DropHead => {
-                    let mut dropped = false;
-                    while self.over_limit(st) {
-                        let Some(e) = st.ready.pop_oldest_lowest() else {
-                            break;
-                        };
-                        self.dead_letter(st, e, DeathReason::MaxLen, fx);
-                        dropped = true;
-                    }
-                    if dropped && self.options.notify_overflow {
-                        for c in &st.consumers {
-                            c.outbox.push_event(SessionEvent::Overflowed(c.id));
-                        }
-                    }
-                }
+                Overflow::DropHead => self.drop_oldest_to_limit(st, fx),
             }
         }
         Enqueued::Accepted
+    }
+
+    /// Drops (dead-letters) the oldest ready messages of the lowest
+    /// priority until the queue is within its limits, and tells the
+    /// consumers when asked to (`notify_overflow`).
+    fn drop_oldest_to_limit(&self, st: &mut State, fx: &mut Effects) {
+        let mut dropped = false;
+        while self.over_limit(st) {
+            let Some(e) = st.ready.pop_oldest_lowest() else {
+                break;
+            };
+            self.dead_letter(st, e, DeathReason::MaxLen, fx);
+            dropped = true;
+        }
+        if dropped && self.options.notify_overflow {
+            for c in &st.consumers {
+                c.outbox.push_event(SessionEvent::Overflowed(c.id));
+            }
+        }
     }
 
     /// Offers one entry to the next consumer with credit (the same choice

@@ -1223,3 +1223,46 @@ fn a_plain_subscription_over_its_limit_drops_the_oldest_and_says_so() {
     // 3 in the buffer, then the newest 4 one-byte bodies the queue kept.
     assert_eq!(bodies(&got), ["0", "1", "2", "6", "7", "8", "9"]);
 }
+
+/// A blocking subscription whose publisher ignores the pressure: past twice
+/// its limit the oldest go, as with drop-head, and the session is told.
+#[test]
+fn a_blocking_subscription_past_its_hard_limit_drops_the_oldest_and_says_so() {
+    let mut cfg = CoreConfig::new();
+    cfg.limits.connection_buffer = 3;
+    let b = Broker::new(cfg);
+    let mut s = session(&b);
+    let c = s
+        .subscribe(Subscribe {
+            filter: AddressFilter::new("t.*").unwrap(),
+            queue: QueueOptions {
+                max_length: Some(2),
+                overflow: Overflow::Block,
+                notify_overflow: true,
+                ..QueueOptions::default()
+            },
+            kind: SubscriptionKind::Temporary,
+            consume: ConsumeOptions::default(),
+        })
+        .unwrap();
+    let p = session(&b);
+    for i in 0..7 {
+        p.publish(to_topic("t.x", &format!("{i}"))).unwrap();
+    }
+    let mut d = s.deliveries();
+    assert!(d.take_events().is_empty(), "within twice the limit: kept");
+    for i in 7..12 {
+        p.publish(to_topic("t.x", &format!("{i}"))).unwrap();
+    }
+    assert_eq!(d.take_events(), vec![SessionEvent::Overflowed(c)]);
+    let mut got = Vec::new();
+    while let Some(x) = d.try_recv() {
+        got.push(x);
+    }
+    // 3 in the buffer, then the newest the queue kept (at most its limit
+    // of 2 after a drop).
+    let got = bodies(&got);
+    assert_eq!(got[..3], ["0", "1", "2"]);
+    assert_eq!(got.last().map(String::as_str), Some("11"));
+    assert!(got.len() <= 3 + 4, "{got:?}");
+}
