@@ -25,17 +25,11 @@ if [ -d /dev/shm ]; then export TMPDIR=/dev/shm; fi
 status=0
 run() {
     local t=$1
-    local extra=()
-    # Broker::recover builds shared state with reference cycles (exchanges
-    # and the broker) that a dropped Broker never frees; LeakSanitizer would
-    # stop the journal target on its first input. Not a decoder bug: see
-    # docs/security.md (Fuzzing).
-    local asan=${ASAN_OPTIONS:-}
-    if [ "$t" = journal ]; then extra=(-detect_leaks=0); asan=detect_leaks=0; fi
-    # -rss_limit_mb: out-of-memory is a finding; -timeout: a hang is too.
-    ASAN_OPTIONS=$asan nice -n 19 cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" -- \
+    # -rss_limit_mb: out-of-memory is a finding; -timeout: a hang is too;
+    # LeakSanitizer (on by default) makes a leak one as well.
+    nice -n 19 cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
-        -print_final_stats=1 "${extra[@]}" >"fuzz/logs/$t.log" 2>&1
+        -print_final_stats=1 >"fuzz/logs/$t.log" 2>&1
     local rc=$?
     local execs per_sec
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/logs/$t.log" | grep -o '[0-9]*$' || echo '?')
