@@ -36,6 +36,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 mod driver;
+mod keepalive;
 pub mod mapping;
 pub mod persist;
 mod restore;
@@ -52,13 +53,16 @@ use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter};
 /// The MQTT adapter of one listener.
 #[derive(Debug, Clone, Default)]
 pub struct MqttAdapter {
-    config: Arc<MqttConfig>,
+    shared: Arc<driver::Shared>,
 }
 
 impl MqttAdapter {
     pub fn new(config: MqttConfig) -> Self {
         MqttAdapter {
-            config: Arc::new(config),
+            shared: Arc::new(driver::Shared {
+                config,
+                keep_alive: Default::default(),
+            }),
         }
     }
 }
@@ -83,10 +87,10 @@ impl ProtocolAdapter for MqttAdapter {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        Box::pin(driver::serve(Box::new(conn), broker, self.config.clone()))
+        Box::pin(driver::serve(Box::new((conn, broker, self.shared.clone()))))
     }
 
     fn recovered(&self, broker: &Broker) {
-        restore::restore(broker, &self.config);
+        restore::restore(broker, &self.shared.config);
     }
 }
