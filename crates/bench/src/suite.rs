@@ -475,9 +475,17 @@ pub fn mqtt(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
             vec![Goal::P99Under(300.0)],
         );
     }
-    b.conns(conns, q0, &both, vec![Goal::RssPerConnUnder(2.0)]);
+    // Against Mosquitto, the reference of issue 4's idle-memory target
+    // (RabbitMQ's MQTT plugin is left out of this row: no target, and
+    // 10 000 connections at 50-200 KiB each in the comparison).
+    b.conns(conns, q0, &mosq, vec![Goal::RssPerConnUnder(2.0)]);
     b.cases
 }
+
+/// Idle MQTT connections the full comparison measures: issue 4 states its
+/// target at 10 000 (a fresh process's one-time growth is not amortized by
+/// fewer).
+pub const MQTT_IDLE_CONNECTIONS: usize = 10_000;
 
 pub fn amqp(scale: f64, lat_seconds: f64, conns: usize) -> Vec<Case> {
     let mut b = Builder::new("AMQP 0-9-1", "amqp");
