@@ -980,16 +980,13 @@ impl Queue {
         let Body::Loaded(message) = std::mem::replace(&mut entry.body, placeholder) else {
             return Some(false);
         };
-        let count = entry.deliveries + 1;
-        batch.push(Delivery {
-            consumer: slot.id,
-            tag: DeliveryTag(*next_tag),
+        batch.push(lean_delivery(
+            slot.id,
+            next_tag,
+            stats,
             message,
-            redelivered: count > 1,
-            delivery_count: count,
-        });
-        *next_tag += 1;
-        stats.delivered += 1;
+            entry.deliveries,
+        ));
         *cursor = 0;
         Some(true)
     }
@@ -1043,19 +1040,13 @@ impl Queue {
             };
             taken += 1;
             bytes += u64::from(entry.size);
-            let count = entry.deliveries + 1;
-            batch.push(Delivery {
-                consumer: slot.id,
-                tag: DeliveryTag(*next_tag),
+            batch.push(lean_delivery(
+                slot.id,
+                next_tag,
+                stats,
                 message,
-                redelivered: count > 1,
-                delivery_count: count,
-            });
-            *next_tag += 1;
-            stats.delivered += 1;
-            if count > 1 {
-                stats.redelivered += 1;
-            }
+                entry.deliveries,
+            ));
             *cursor = 0;
         }
         drop(batch);
@@ -1540,4 +1531,31 @@ impl Queue {
             stats: st.stats,
         }
     }
+}
+
+/// A delivery of the lean paths (`deliver_now_lean`, `dispatch_lean`):
+/// `message`, delivered `before` times already, to `consumer` under the
+/// queue's next tag, counted in its statistics.
+#[inline]
+fn lean_delivery(
+    consumer: ConsumerId,
+    next_tag: &mut u64,
+    stats: &mut QueueStats,
+    message: Arc<Message>,
+    before: u32,
+) -> Delivery {
+    let count = before + 1;
+    let d = Delivery {
+        consumer,
+        tag: DeliveryTag(*next_tag),
+        message,
+        redelivered: count > 1,
+        delivery_count: count,
+    };
+    *next_tag += 1;
+    stats.delivered += 1;
+    if count > 1 {
+        stats.redelivered += 1;
+    }
+    d
 }

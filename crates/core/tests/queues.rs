@@ -1188,11 +1188,9 @@ fn held_back_messages_go_out_in_order_with_flags_and_counters() {
     assert_eq!(info.stats.redelivered, 2);
 }
 
-/// A plain subscription whose connection does not keep up: the connection
-/// buffer takes its bound, the subscription's queue keeps the rest up to its
-/// byte limit, drops the oldest past it and tells the session.
-#[test]
-fn a_plain_subscription_over_its_limit_drops_the_oldest_and_says_so() {
+/// A broker whose connection buffer holds 3 deliveries, and a session
+/// subscribed to `t.*` with `queue`'s policy (the consumer is returned).
+fn slow_subscription(queue: QueueOptions) -> (Broker, Session, switchyard_model::ConsumerId) {
     let mut cfg = CoreConfig::new();
     cfg.limits.connection_buffer = 3;
     let b = Broker::new(cfg);
@@ -1200,16 +1198,25 @@ fn a_plain_subscription_over_its_limit_drops_the_oldest_and_says_so() {
     let c = s
         .subscribe(Subscribe {
             filter: AddressFilter::new("t.*").unwrap(),
-            queue: QueueOptions {
-                max_bytes: Some(4),
-                overflow: Overflow::DropHead,
-                notify_overflow: true,
-                ..QueueOptions::default()
-            },
+            queue,
             kind: SubscriptionKind::Temporary,
             consume: ConsumeOptions::default(),
         })
         .unwrap();
+    (b, s, c)
+}
+
+/// A plain subscription whose connection does not keep up: the connection
+/// buffer takes its bound, the subscription's queue keeps the rest up to its
+/// byte limit, drops the oldest past it and tells the session.
+#[test]
+fn a_plain_subscription_over_its_limit_drops_the_oldest_and_says_so() {
+    let (b, s, c) = slow_subscription(QueueOptions {
+        max_bytes: Some(4),
+        overflow: Overflow::DropHead,
+        notify_overflow: true,
+        ..QueueOptions::default()
+    });
     let p = session(&b);
     for i in 0..10 {
         p.publish(to_topic("t.x", &format!("{i}"))).unwrap();
@@ -1228,23 +1235,12 @@ fn a_plain_subscription_over_its_limit_drops_the_oldest_and_says_so() {
 /// its limit the oldest go, as with drop-head, and the session is told.
 #[test]
 fn a_blocking_subscription_past_its_hard_limit_drops_the_oldest_and_says_so() {
-    let mut cfg = CoreConfig::new();
-    cfg.limits.connection_buffer = 3;
-    let b = Broker::new(cfg);
-    let mut s = session(&b);
-    let c = s
-        .subscribe(Subscribe {
-            filter: AddressFilter::new("t.*").unwrap(),
-            queue: QueueOptions {
-                max_length: Some(2),
-                overflow: Overflow::Block,
-                notify_overflow: true,
-                ..QueueOptions::default()
-            },
-            kind: SubscriptionKind::Temporary,
-            consume: ConsumeOptions::default(),
-        })
-        .unwrap();
+    let (b, s, c) = slow_subscription(QueueOptions {
+        max_length: Some(2),
+        overflow: Overflow::Block,
+        notify_overflow: true,
+        ..QueueOptions::default()
+    });
     let p = session(&b);
     for i in 0..7 {
         p.publish(to_topic("t.x", &format!("{i}"))).unwrap();
