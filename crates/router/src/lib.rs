@@ -368,6 +368,27 @@ impl<V: Clone + Ord> Router<V> {
         result
     }
 
+    /// The subscription set's version: it changes whenever a subscription
+    /// is added or removed (see [`Router::route_versioned`]).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The match set for `address` and the [`Router::generation`] it
+    /// belongs to, both read under the trie's read lock (writers change the
+    /// trie and the generation under the write lock, so the two agree).
+    /// A caller may keep the result and use it for `address` for as long
+    /// as `generation()` still returns that number. Bypasses the cache,
+    /// whose entries may lag a concurrent writer by one lookup.
+    pub fn route_versioned(&self, address: &str) -> (Arc<[V]>, u64) {
+        let trie = self.trie.read();
+        (
+            trie.matches(address).into(),
+            self.generation.load(Ordering::Acquire),
+        )
+    }
+
     /// Matches `address` against the trie, bypassing the cache.
     pub fn route_uncached(&self, address: &str) -> Vec<V> {
         self.trie.read().matches(address)
@@ -416,6 +437,25 @@ mod tests {
         r.subscribe(&f("$SYS.#"), 3);
         assert_eq!(&*r.route("$SYS.x"), &[3]);
         assert_eq!(&*r.route("a.x"), &[1, 2]);
+    }
+
+    #[test]
+    fn a_versioned_result_is_current_while_the_generation_stands() {
+        let r = Router::new();
+        r.subscribe(&f("a.b"), 1);
+        let (hit, g) = r.route_versioned("a.b");
+        assert_eq!(&*hit, &[1]);
+        assert_eq!(r.generation(), g);
+        // A repeated subscription changes nothing, so nor the generation.
+        assert!(!r.subscribe(&f("a.b"), 1));
+        assert_eq!(r.generation(), g);
+        r.subscribe(&f("a.*"), 2);
+        assert_ne!(r.generation(), g);
+        let (hit, g2) = r.route_versioned("a.b");
+        assert_eq!(&*hit, &[1, 2]);
+        r.unsubscribe(&f("a.b"), &1);
+        assert_ne!(r.generation(), g2);
+        assert_eq!(&*r.route_versioned("a.b").0, &[2]);
     }
 
     #[test]
