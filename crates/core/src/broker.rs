@@ -44,6 +44,14 @@ pub const BUILTIN_EXCHANGES: &[(&str, ExchangeKind)] = &[
     ("amq.match", ExchangeKind::Headers),
 ];
 
+/// A publisher's memo of where its last multicast address routes to,
+/// reused while the broker's subscription set is unchanged (see
+/// [`crate::Session::publish_memo`]). One per connection; it holds
+/// references to the queues it last reached until the next publish to
+/// another address or after a change.
+#[derive(Debug, Default)]
+pub struct RouteMemo(Option<(Str, u64, Arc<[Dest]>)>);
+
 /// What a publish did.
 #[derive(Debug)]
 pub struct Published {
@@ -443,9 +451,40 @@ impl Broker {
         self.publish_assigned(msg)
     }
 
+    /// [`Broker::publish_shared`] for a session: stamps `origin` and the id
+    /// under one `make_mut`, and routes a multicast address through the
+    /// caller's [`RouteMemo`].
+    pub(crate) fn publish_memo(
+        &self,
+        mut msg: Arc<Message>,
+        origin: Origin,
+        memo: &mut RouteMemo,
+    ) -> CoreResult<Published> {
+        let max = self.shared.config.limits.max_message_size.as_usize();
+        if msg.body.len() > max {
+            return Err(CoreError::MessageTooLarge {
+                size: msg.body.len(),
+                max,
+            });
+        }
+        let m = Arc::make_mut(&mut msg);
+        m.origin = origin;
+        self.shared.assign_id(m);
+        self.publish_routed(msg, Some(memo))
+    }
+
     /// Routes and enqueues a message whose id is assigned.
     #[inline]
     fn publish_assigned(&self, msg: Arc<Message>) -> CoreResult<Published> {
+        self.publish_routed(msg, None)
+    }
+
+    #[inline]
+    fn publish_routed(
+        &self,
+        msg: Arc<Message>,
+        memo: Option<&mut RouteMemo>,
+    ) -> CoreResult<Published> {
         let s = &*self.shared;
         let mut fx = Effects::default();
         let mut out = Published {
@@ -455,7 +494,12 @@ impl Broker {
             completion: None,
             pressure: None,
         };
-        s.route_and_enqueue(&msg, &mut out, &mut fx)?;
+        match memo {
+            Some(memo) if msg.namespace == Namespace::Multicast => {
+                s.route_multicast_memo(&msg, memo, &mut out, &mut fx);
+            }
+            _ => s.route_and_enqueue(&msg, &mut out, &mut fx)?,
+        }
         if fx.journaled
             && let Some(store) = &s.store
         {
@@ -772,6 +816,43 @@ impl Shared {
             )));
         }
         Ok(())
+    }
+
+    /// The multicast arm of [`Shared::route_and_enqueue`] with the router's
+    /// result for the address taken from `memo` while the subscription set
+    /// is unchanged (no router lookup, no shared reference count touched).
+    fn route_multicast_memo(
+        &self,
+        msg: &Arc<Message>,
+        memo: &mut RouteMemo,
+        out: &mut Published,
+        fx: &mut Effects,
+    ) {
+        let generation = self.multicast.topic_generation();
+        let dests = match &memo.0 {
+            Some((address, g, dests))
+                if *g == generation
+                    && (Arc::ptr_eq(address, &msg.address) || **address == *msg.address) =>
+            {
+                dests
+            }
+            _ => {
+                let (dests, g) = self.multicast.route_topic_versioned(&msg.address);
+                &memo.0.insert((msg.address.clone(), g, dests)).2
+            }
+        };
+        if dests.iter().all(|d| matches!(d, Dest::Queue(_))) {
+            for d in dests.iter() {
+                if let Dest::Queue(q) = d {
+                    self.enqueue_one(&q.0, msg, out, fx);
+                }
+            }
+        } else {
+            let queues = self.resolve_dests(dests.to_vec(), msg);
+            for q in &queues {
+                self.enqueue_one(q, msg, out, fx);
+            }
+        }
     }
 
     /// Routes `msg` and enqueues it in every queue it reaches.

@@ -359,6 +359,18 @@ impl Exchange {
         self.topic.route(key)
     }
 
+    /// The topic router's result for `key` with the generation it is valid
+    /// for (see [`switchyard_router::Router::route_versioned`]).
+    pub(crate) fn route_topic_versioned(&self, key: &str) -> (Arc<[Dest]>, u64) {
+        self.topic.route_versioned(key)
+    }
+
+    /// The topic router's current generation.
+    #[inline]
+    pub(crate) fn topic_generation(&self) -> u64 {
+        self.topic.generation()
+    }
+
     /// Appends the destinations `msg` reaches through this exchange.
     pub(crate) fn route(&self, msg: &Message, out: &mut Vec<Dest>) {
         match self.kind {

@@ -57,6 +57,7 @@ mod watch;
 pub use auth::{AuthError, Authorizer, Credentials, Principal, Verb};
 pub use broker::{
     BUILTIN_EXCHANGES, Broker, BrokerStats, DeclareQueue, DeclaredQueue, Pressure, Published,
+    RouteMemo,
 };
 pub use clients::{Claim, ClientRegistry, ParkTicket, Parked};
 pub use config::{AddressPolicy, CoreConfig, Dur, Limits, Overflow, Size};

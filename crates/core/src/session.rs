@@ -283,6 +283,25 @@ impl Session {
         Ok(published)
     }
 
+    /// [`Session::publish_shared`] for a connection that publishes over
+    /// and over: `memo` (one per connection, kept between publishes)
+    /// remembers where the last multicast address routed to, so the next
+    /// publish to it skips the router while no subscription was added or
+    /// removed anywhere. Same result as `publish_shared`.
+    pub fn publish_memo(
+        &self,
+        msg: Arc<Message>,
+        memo: &mut crate::RouteMemo,
+    ) -> CoreResult<Published> {
+        if self.acl.is_active() {
+            self.authorize(Verb::Publish, &msg.address)?;
+        }
+        let bytes = msg.body.len();
+        let published = self.broker.publish_memo(msg, self.origin(), memo)?;
+        self.outbox.tally.inbound(bytes);
+        Ok(published)
+    }
+
     /// Declares a queue owned by this connection (see [`Broker::declare_queue`]).
     /// Exclusive queues are deleted when the session ends.
     pub fn declare_queue(&mut self, req: DeclareQueue) -> CoreResult<DeclaredQueue> {

@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use switchyard_core::{
     Broker, ConsumeOptions, CoreConfig, CoreError, DeadLetterTarget, DeclareQueue, Deliveries,
-    Delivery, ExchangeKind, ExchangeOptions, Limits, Overflow, QueueOptions, Session, SessionEvent,
-    Subscribe, SubscriptionKind, Transaction,
+    Delivery, ExchangeKind, ExchangeOptions, Limits, Overflow, QueueOptions, RouteMemo, Session,
+    SessionEvent, Subscribe, SubscriptionKind, Transaction,
 };
 use switchyard_model::{
     Address, AddressFilter, ConnId, DeliveryTag, Headers, Message, Namespace, Str, Value,
@@ -738,6 +738,49 @@ fn shared_subscription_splits_between_members() {
         1,
         "shared queue deleted with its last member"
     );
+}
+
+#[test]
+fn a_route_memo_follows_subscription_changes() {
+    let b = broker();
+    let p = session(&b);
+    let mut memo = RouteMemo::default();
+    let publish = |memo: &mut RouteMemo, a: &str, body: &str| {
+        p.publish_memo(std::sync::Arc::new(to_topic(a, body)), memo)
+            .unwrap()
+            .routed
+    };
+    assert_eq!(publish(&mut memo, "news.a", "nobody"), 0);
+    let mut s1 = session(&b);
+    let c1 = s1
+        .subscribe(Subscribe::temporary(AddressFilter::new("news.*").unwrap()))
+        .unwrap();
+    // The memo of "no route" is stale now.
+    assert_eq!(publish(&mut memo, "news.a", "one"), 1);
+    assert_eq!(publish(&mut memo, "news.a", "two"), 1);
+    // Another address through the same memo.
+    assert_eq!(publish(&mut memo, "other", "x"), 0);
+    let mut s2 = session(&b);
+    s2.subscribe(Subscribe::temporary(AddressFilter::new("news.a").unwrap()))
+        .unwrap();
+    assert_eq!(publish(&mut memo, "news.a", "three"), 2);
+    s1.cancel(c1).unwrap();
+    assert_eq!(publish(&mut memo, "news.a", "four"), 1);
+    assert_eq!(bodies(&drain(s1.deliveries())), ["one", "two", "three"]);
+    assert_eq!(bodies(&drain(s2.deliveries())), ["three", "four"]);
+    // Same ids, origin and counts as a plain publish.
+    let d = drain(s2.deliveries());
+    assert!(d.is_empty());
+    let mut s3 = session(&b);
+    s3.subscribe(Subscribe::temporary(AddressFilter::new("#").unwrap()))
+        .unwrap();
+    publish(&mut memo, "z", "memo");
+    p.publish(to_topic("z", "plain")).unwrap();
+    let got = drain(s3.deliveries());
+    assert_eq!(bodies(&got), ["memo", "plain"]);
+    assert_eq!(got[0].message.origin, got[1].message.origin);
+    assert_eq!(got[0].message.origin, p.origin());
+    assert!(got[0].message.id < got[1].message.id);
 }
 
 #[test]
