@@ -181,6 +181,41 @@ fn parse_size(b: &[u8]) -> Option<u64> {
     Some(n)
 }
 
+/// `PUB <subject> [reply] <size>` as clients write it — upper-case verb,
+/// one separator between arguments, none at the end — split in a single
+/// pass over the line. `None` for anything else (other verbs, runs of
+/// separators, a bad size, the wrong number of arguments): the general
+/// scan then parses it, with the same result for the lines this accepts.
+#[inline]
+fn pub_fast(line: &[u8]) -> Option<(Span, Option<Span>, u64)> {
+    const START: usize = 4;
+    if line.get(..START)? != b"PUB " {
+        return None;
+    }
+    let mut ends = [0usize; 3];
+    let mut n = 0;
+    let mut start = START;
+    for (i, &b) in line.iter().enumerate().skip(START) {
+        if is_space(b) {
+            if i == start || n == 2 {
+                return None;
+            }
+            *ends.get_mut(n)? = i;
+            n += 1;
+            start = i + 1;
+        }
+    }
+    if start == line.len() {
+        return None;
+    }
+    let size = parse_size(line.get(start..)?)?;
+    match n {
+        1 => Some((START..ends[0], None, size)),
+        2 => Some((START..ends[0], Some(ends[0] + 1..ends[1]), size)),
+        _ => None,
+    }
+}
+
 fn arg<'a>(line: &'a [u8], span: &Span) -> &'a [u8] {
     line.get(span.clone()).unwrap_or_default()
 }
@@ -280,6 +315,10 @@ impl Parser {
     /// Parses the control line in `self.line`. `Ok(None)` when it was a
     /// `PUB`/`HPUB` whose payload is still to come (it is then pending).
     fn control_line(&mut self) -> Result<Option<Parsed>, ParseError> {
+        if let Some((subject, reply, size)) = pub_fast(&self.line) {
+            self.start_payload(subject, reply, 0, size)?;
+            return Ok(None);
+        }
         let line = &self.line;
         let verb_end = line.iter().position(|&b| is_space(b)).unwrap_or(line.len());
         let verb = line.get(..verb_end).ok_or(ParseError::UnknownOp)?;
@@ -437,31 +476,60 @@ pub fn encode_msg(
     out.put_slice(b"\r\n");
 }
 
-/// Writes `MSG <subject> <sid> ` into `prefix`: the start of every `MSG`
-/// without reply subject or headers for one subscription and subject, which
-/// a connection keeps to write each such delivery with
-/// [`encode_msg_prefixed`].
-pub fn msg_prefix(prefix: &mut Vec<u8>, subject: &[u8], sid: &[u8]) {
-    prefix.clear();
-    prefix.reserve(subject.len() + sid.len() + 6);
-    prefix.extend_from_slice(b"MSG ");
-    prefix.extend_from_slice(subject);
-    prefix.push(b' ');
-    prefix.extend_from_slice(sid);
-    prefix.push(b' ');
+/// The start of every `MSG` without reply subject or headers for one
+/// subscription: `MSG <subject> <sid> <size>\r\n`, kept by the connection
+/// for the subject and size it last wrote, so a run of deliveries of one
+/// subject and size (the common case) copies it whole. Written with
+/// [`encode_msg_with_head`]: the same bytes as [`encode_msg`] writes.
+#[derive(Debug, Default)]
+pub struct MsgHead {
+    bytes: Vec<u8>,
+    /// Length of `MSG <subject> <sid> ` in `bytes`.
+    prefix: usize,
+    /// The body size `bytes` ends with.
+    size: usize,
 }
 
-/// Appends a `MSG` (no reply subject, no headers) whose start [`msg_prefix`]
-/// made: the same bytes as [`encode_msg`] writes for it.
-pub fn encode_msg_prefixed(out: &mut BytesMut, prefix: &[u8], body: &[u8]) {
-    let mut num = itoa::Buffer::new();
-    let len = num.format(body.len()).as_bytes();
-    out.reserve(prefix.len() + len.len() + body.len() + 4);
-    out.put_slice(prefix);
-    out.put_slice(len);
-    out.put_slice(b"\r\n");
-    out.put_slice(body);
-    out.put_slice(b"\r\n");
+impl MsgHead {
+    /// Sets the head for `subject` and `sid` (and a body of `size` bytes).
+    pub fn set(&mut self, subject: &[u8], sid: &[u8], size: usize) {
+        self.bytes.clear();
+        self.bytes.reserve(subject.len() + sid.len() + 28);
+        self.bytes.extend_from_slice(b"MSG ");
+        self.bytes.extend_from_slice(subject);
+        self.bytes.push(b' ');
+        self.bytes.extend_from_slice(sid);
+        self.bytes.push(b' ');
+        self.prefix = self.bytes.len();
+        self.set_size(size);
+    }
+
+    /// The head for a body of `size` bytes (same subject and sid).
+    #[inline]
+    pub fn for_size(&mut self, size: usize) -> &[u8] {
+        if size != self.size || self.bytes.len() <= self.prefix {
+            self.set_size(size);
+        }
+        &self.bytes
+    }
+
+    fn set_size(&mut self, size: usize) {
+        self.bytes.truncate(self.prefix);
+        self.bytes
+            .extend_from_slice(itoa::Buffer::new().format(size).as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+        self.size = size;
+    }
+}
+
+/// Appends a `MSG` (no reply subject, no headers) whose head
+/// ([`MsgHead::for_size`] for this body's size) is `head`.
+#[inline]
+pub fn encode_msg_with_head(out: &mut BytesMut, head: &[u8], body: &[u8]) {
+    out.reserve(head.len() + body.len() + 2);
+    out.extend_from_slice(head);
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `-ERR '<text>'`.
@@ -559,6 +627,52 @@ mod tests {
     }
 
     #[test]
+    fn the_pub_fast_path_agrees_with_the_general_scan() {
+        // Lines the fast path takes, and near misses it leaves to the
+        // general scan: same operations either way.
+        let want = |reply: Option<&[u8]>| {
+            Op::Pub(
+                b"a.b".to_vec(),
+                reply.map(<[u8]>::to_vec),
+                0,
+                b"hi".to_vec(),
+            )
+        };
+        for (line, reply) in [
+            (&b"PUB a.b 2"[..], None),
+            (b"PUB a.b r 2", Some(&b"r"[..])),
+            (b"PUB a.b\t2", None),
+            (b"PUB a.b  2", None),
+            (b"PUB a.b 2 ", None),
+            (b"PUB  a.b r 2", Some(b"r")),
+            (b"pub a.b r\t 2", Some(b"r")),
+            (b"PUB a.b r 002", Some(b"r")),
+        ] {
+            let wire = [line, b"\r\nhi\r\n"].concat();
+            assert_eq!(parse_all(&wire).unwrap(), vec![want(reply)], "{line:?}");
+            assert_eq!(
+                pub_fast(line).is_some(),
+                !line.starts_with(b"pub")
+                    && !line.windows(2).any(|w| w.iter().all(|&b| is_space(b)))
+                    && !line.ends_with(b" ")
+            );
+        }
+        for bad in [
+            &b"PUB a.b"[..],
+            b"PUB a.b r s 2",
+            b"PUB a.b x",
+            b"PUB a.b -2",
+            b"PUB ",
+        ] {
+            assert!(pub_fast(bad).is_none());
+            assert!(matches!(
+                parse_all(&[bad, b"\r\n"].concat()),
+                Err(ParseError::BadArgs(_))
+            ));
+        }
+    }
+
+    #[test]
     fn tabs_and_extra_spaces_separate_arguments() {
         let ops = parse_all(b"PUB \t a.b \t 2\r\nhi\r\n").unwrap();
         assert_eq!(ops[0], Op::Pub(b"a.b".to_vec(), None, 0, b"hi".to_vec()));
@@ -637,18 +751,25 @@ mod tests {
     }
 
     #[test]
-    fn a_prefixed_msg_is_the_same_bytes_as_encode_msg() {
-        let mut prefix = Vec::new();
+    fn a_msg_from_its_head_is_the_same_bytes_as_encode_msg() {
+        let mut head = MsgHead::default();
         for (subject, sid, body) in [
             (&b"a.b"[..], &b"7"[..], &b"hi"[..]),
+            (b"a.b", b"7", b"hello"),
             (b"x", b"1234567890", b""),
             (b"foo.bar.baz", b"s", &[0u8; 1000][..]),
+            (b"foo.bar.baz", b"s", &[1u8; 1000][..]),
+            (b"foo.bar.baz", b"s", b"ab"),
         ] {
             let mut want = BytesMut::new();
             encode_msg(&mut want, subject, sid, None, b"", body);
-            msg_prefix(&mut prefix, subject, sid);
+            if !head.bytes.starts_with(b"MSG ")
+                || head.bytes[4..head.prefix - 1] != [subject, b" ", sid].concat()
+            {
+                head.set(subject, sid, body.len());
+            }
             let mut got = BytesMut::from(&b"PONG\r\n"[..]);
-            encode_msg_prefixed(&mut got, &prefix, body);
+            encode_msg_with_head(&mut got, head.for_size(body.len()), body);
             assert_eq!(&got[6..], &want[..]);
         }
     }

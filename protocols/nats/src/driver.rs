@@ -22,7 +22,7 @@ use std::time::Duration;
 use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter, StartTls, Stream};
 use switchyard_core::{
     Broker, ConsumeOptions, CoreError, Deliveries, Delivery, Events, Overflow, QueueOptions,
-    Session, SessionEvent, Subscribe, SubscriptionKind, WakeBatch,
+    RouteMemo, Session, SessionEvent, Subscribe, SubscriptionKind, WakeBatch,
 };
 use switchyard_model::{
     AddressFilter, ConsumerId, Headers, Message, MessageId, Namespace, Origin, Properties, Str,
@@ -82,10 +82,15 @@ impl ProtocolAdapter for NatsAdapter {
             adapter: self,
             session,
             wbuf: BytesMut::new(),
+            refs: Vec::new(),
+            ref_bytes: 0,
+            vectored: false,
             scratch: BytesMut::new(),
             subs: HashMap::new(),
             sids: HashMap::new(),
             addresses: HashMap::new(),
+            last_address: None,
+            route: RouteMemo::default(),
             opts: ConnectOptions::default(),
             connected: false,
             pings_out: 0,
@@ -167,10 +172,11 @@ struct Sub {
     filter: AddressFilter,
     max: Option<u64>,
     delivered: u64,
-    /// `MSG <subject> <sid> ` for the address last delivered without reply
-    /// subject or headers (most subscriptions see one subject over and over).
-    prefix: Vec<u8>,
-    prefix_for: Option<Str>,
+    /// `MSG <subject> <sid> <size>\r\n` for the address last delivered
+    /// without reply subject or headers (most subscriptions see one subject
+    /// over and over).
+    head: codec::MsgHead,
+    head_for: Option<Str>,
 }
 
 /// How a turn of the loop ended for the connection.
@@ -195,12 +201,25 @@ struct State<'a> {
     adapter: &'a NatsAdapter,
     session: Session,
     wbuf: BytesMut,
+    /// Bodies written by reference: `(offset in wbuf, body)`, offsets
+    /// ascending; each goes out after the buffer's bytes up to its offset.
+    refs: Vec<(usize, Bytes)>,
+    /// Their total size.
+    ref_bytes: usize,
+    /// The stream takes vectored writes (set once the stream is final).
+    vectored: bool,
     scratch: BytesMut,
     subs: HashMap<ConsumerId, Sub>,
     sids: HashMap<Box<[u8]>, ConsumerId>,
     /// Recently published subjects, already validated (most publishers use
     /// a few subjects over and over).
     addresses: HashMap<Box<[u8]>, Str>,
+    /// The subject last published to and its address (most publishers
+    /// send run after run to one subject): checked before `addresses`.
+    last_address: Option<(Box<[u8]>, Str)>,
+    /// Where the last published subject routed to (see
+    /// [`Session::publish_memo`]).
+    route: RouteMemo,
     opts: ConnectOptions,
     connected: bool,
     pings_out: u32,
@@ -229,6 +248,14 @@ struct Conn<'a> {
 const IDLE_BUFFER: usize = 16 * 1024;
 /// Coalesce at most this many bytes of deliveries into one write.
 const WRITE_BATCH: usize = 256 * 1024;
+/// Bodies at least this large are written by reference (a vectored write
+/// of the write buffer's pieces and the bodies) instead of being copied
+/// into the write buffer, on streams with vectored writes.
+const BY_REF: usize = 1024;
+/// Most bodies written by reference in one turn (then copied again).
+const MAX_REFS: usize = 256;
+/// Most pieces handed to one vectored write (Linux allows 1024).
+const MAX_IOV: usize = 2 * MAX_REFS + 1;
 /// Most subjects remembered per connection.
 const ADDRESS_CACHE: usize = 256;
 
@@ -258,6 +285,7 @@ impl Conn<'_> {
         if let Some(start) = start_tls {
             stream = self.start_tls(start, stream, handshake).await?;
         }
+        self.st.vectored = stream.is_write_vectored();
         loop {
             // A publishing connection is not read while publishers are held
             // back: TCP back-pressure reaches the client.
@@ -392,7 +420,7 @@ impl Conn<'_> {
 
 /// Encodes every delivery that is ready now (up to one write's worth).
 fn drain_ready(st: &mut State<'_>, deliveries: &mut Deliveries) {
-    while st.wbuf.len() < WRITE_BATCH {
+    while st.wbuf.len() + st.ref_bytes < WRITE_BATCH {
         match deliveries.try_recv() {
             Some(d) => st.deliver(d),
             None => break,
@@ -435,11 +463,19 @@ impl State<'_> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
+        let (wbuf, refs) = (&self.wbuf, &self.refs);
         let write = async {
-            stream.write_all(&self.wbuf).await?;
+            if refs.is_empty() {
+                stream.write_all(wbuf).await?;
+            } else {
+                write_chain(stream, wbuf, refs).await?;
+            }
             stream.flush().await
         };
-        match tokio::time::timeout(deadline, write).await {
+        let r = tokio::time::timeout(deadline, write).await;
+        self.refs.clear();
+        self.ref_bytes = 0;
+        match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(AdapterError::Io(e)),
             Err(_) => {
@@ -561,8 +597,15 @@ impl State<'_> {
 
     /// The address for a publish subject, from the connection's cache.
     fn address(&mut self, subject: &[u8]) -> Option<Str> {
-        if let Some(a) = self.addresses.get(subject) {
+        if let Some((last, a)) = &self.last_address
+            && **last == *subject
+        {
             return Some(a.clone());
+        }
+        if let Some(a) = self.addresses.get(subject) {
+            let a = a.clone();
+            self.last_address = Some((subject.into(), a.clone()));
+            return Some(a);
         }
         let a = mapping::subject_to_address(subject).ok()?;
         if self.addresses.len() >= ADDRESS_CACHE {
@@ -570,6 +613,7 @@ impl State<'_> {
         }
         let a: Str = a.as_arc().clone();
         self.addresses.insert(subject.into(), a.clone());
+        self.last_address = Some((subject.into(), a.clone()));
         Some(a)
     }
 
@@ -620,7 +664,7 @@ impl State<'_> {
             headers,
             origin: Origin::INTERNAL,
         });
-        match self.session.publish_shared(msg) {
+        match self.session.publish_memo(msg, &mut self.route) {
             Ok(published) => {
                 if let Some(reply) = reply_to
                     && self.opts.no_responders
@@ -703,8 +747,8 @@ impl State<'_> {
                         filter,
                         max: None,
                         delivered: 0,
-                        prefix: Vec::new(),
-                        prefix_for: None,
+                        head: codec::MsgHead::default(),
+                        head_for: None,
                     },
                 );
                 self.ok();
@@ -773,14 +817,23 @@ impl State<'_> {
             // The common case: the same `MSG <subject> <sid> ` start as the
             // previous delivery of this subscription.
             if !sub
-                .prefix_for
+                .head_for
                 .as_ref()
                 .is_some_and(|a| Arc::ptr_eq(a, &msg.address))
             {
-                codec::msg_prefix(&mut sub.prefix, msg.address.as_bytes(), &sub.sid);
-                sub.prefix_for = Some(msg.address.clone());
+                sub.head
+                    .set(msg.address.as_bytes(), &sub.sid, msg.body.len());
+                sub.head_for = Some(msg.address.clone());
             }
-            codec::encode_msg_prefixed(&mut self.wbuf, &sub.prefix, &msg.body);
+            let head = sub.head.for_size(msg.body.len());
+            if msg.body.len() >= BY_REF && self.vectored && self.refs.len() < MAX_REFS {
+                self.wbuf.extend_from_slice(head);
+                self.refs.push((self.wbuf.len(), msg.body.clone()));
+                self.ref_bytes += msg.body.len();
+                self.wbuf.extend_from_slice(b"\r\n");
+            } else {
+                codec::encode_msg_with_head(&mut self.wbuf, head, &msg.body);
+            }
             return;
         }
         codec::encode_msg(
@@ -805,6 +858,73 @@ fn wire_subject_cached(last: &mut Option<Str>, address: &Str) -> bool {
         *last = Some(address.clone());
     }
     ok
+}
+
+/// Writes `buf` with each `refs` body spliced in at its offset, in full.
+async fn write_chain(
+    stream: &mut Box<dyn Stream>,
+    buf: &[u8],
+    refs: &[(usize, Bytes)],
+) -> std::io::Result<()> {
+    use std::task::Poll;
+    let total = buf.len() + refs.iter().map(|(_, b)| b.len()).sum::<usize>();
+    let mut done = 0;
+    std::future::poll_fn(|cx| {
+        while done < total {
+            let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
+            let n = chain_slices(buf, refs, done, &mut iov);
+            let slices = iov.get(..n).unwrap_or_default();
+            match std::pin::Pin::new(&mut **stream).poll_write_vectored(cx, slices) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(w)) => done += w,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+/// Fills `iov` with the pieces of the chain (`buf` with `refs` spliced in)
+/// from byte `skip` on; returns how many it filled.
+fn chain_slices<'a>(
+    buf: &'a [u8],
+    refs: &'a [(usize, Bytes)],
+    mut skip: usize,
+    iov: &mut [std::io::IoSlice<'a>],
+) -> usize {
+    let mut n = 0;
+    let mut push = |piece: &'a [u8], n: &mut usize| -> bool {
+        if piece.is_empty() {
+            return true;
+        }
+        if skip >= piece.len() {
+            skip -= piece.len();
+            return true;
+        }
+        let piece = piece.get(skip..).unwrap_or_default();
+        skip = 0;
+        match iov.get_mut(*n) {
+            Some(slot) => {
+                *slot = std::io::IoSlice::new(piece);
+                *n += 1;
+                true
+            }
+            None => false,
+        }
+    };
+    let mut at = 0;
+    for (off, body) in refs {
+        if !push(buf.get(at..*off).unwrap_or_default(), &mut n) || !push(body, &mut n) {
+            return n;
+        }
+        at = *off;
+    }
+    push(buf.get(at..).unwrap_or_default(), &mut n);
+    n
 }
 
 /// Reads into `buf`, growing it in steps while data flows (and keeping it
@@ -867,5 +987,41 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    /// The pieces a vectored write gets, from every starting byte and with
+    /// room for only a few pieces at a time, add up to the buffer with the
+    /// bodies spliced in at their offsets.
+    #[test]
+    fn chained_pieces_are_the_buffer_with_the_bodies_spliced_in() {
+        let buf = b"MSG a 1 3\r\n\r\nMSG a 1 4\r\n\r\nPING\r\n";
+        let refs = vec![
+            (11, Bytes::from_static(b"xyz")),
+            (24, Bytes::from_static(b"wxyz")),
+        ];
+        let want = b"MSG a 1 3\r\nxyz\r\nMSG a 1 4\r\nwxyz\r\nPING\r\n";
+        for room in 1..6 {
+            for skip in 0..=want.len() {
+                let mut got = want[..skip].to_vec();
+                while got.len() < want.len() {
+                    let mut iov = vec![std::io::IoSlice::new(&[]); room];
+                    let n = chain_slices(buf, &refs, got.len(), &mut iov);
+                    assert!(n > 0);
+                    for s in &iov[..n] {
+                        got.extend_from_slice(s);
+                    }
+                }
+                assert_eq!(&got[..], &want[..], "room {room}, skip {skip}");
+            }
+        }
+        // Nothing left to write: no pieces.
+        let mut iov = [std::io::IoSlice::new(&[]); 4];
+        assert_eq!(chain_slices(buf, &refs, want.len(), &mut iov), 0);
     }
 }
