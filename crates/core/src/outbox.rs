@@ -315,8 +315,11 @@ pub struct Events {
     outbox: Arc<Outbox>,
 }
 
-/// Local batches larger than this are released once drained.
-const KEEP_LOCAL: usize = 256;
+/// Batch buffers with room for more deliveries than this are released when
+/// the connection goes idle (at most 128 KiB each are kept: a busy
+/// connection's batches, up to the default `connection_buffer` of 4 096,
+/// then reuse them instead of growing a fresh buffer, copying, each time).
+const KEEP_LOCAL: usize = 4096;
 
 impl Deliveries {
     /// Moves everything buffered into the local batch; wakes queues that
@@ -341,11 +344,7 @@ impl Deliveries {
     }
 
     fn pop(&mut self) -> Option<Delivery> {
-        let d = self.local.pop_front();
-        if d.is_none() && self.local.capacity() > KEEP_LOCAL {
-            self.local = VecDeque::new();
-        }
-        d
+        self.local.pop_front()
     }
 
     /// The next delivery. Cancel-safe: if the future is dropped before it
@@ -358,8 +357,21 @@ impl Deliveries {
             if self.refill() {
                 continue;
             }
-            if self.outbox.inner.lock().closed {
-                return None;
+            {
+                let mut g = self.outbox.inner.lock();
+                if g.closed {
+                    return None;
+                }
+                // Going idle: release batch buffers a burst left large. (Not
+                // on every drained batch: the two buffers trade places at each
+                // refill, and one freed there would regrow, copying, while
+                // deliveries keep coming.)
+                if g.queue.is_empty() && g.queue.capacity() > KEEP_LOCAL {
+                    g.queue = VecDeque::new();
+                }
+            }
+            if self.local.capacity() > KEEP_LOCAL {
+                self.local = VecDeque::new();
             }
             // Going idle: hand this session's counts to its protocol's totals.
             self.outbox.tally.flush();
