@@ -316,10 +316,12 @@ pub struct Events {
 }
 
 /// Batch buffers with room for more deliveries than this are released when
-/// the connection goes idle (at most 128 KiB each are kept: a busy
-/// connection's batches, up to the default `connection_buffer` of 4 096,
-/// then reuse them instead of growing a fresh buffer, copying, each time).
-const KEEP_LOCAL: usize = 4096;
+/// the connection goes idle, not while deliveries keep coming (a busy
+/// connection's batches reuse them instead of growing a fresh buffer,
+/// copying, each time). An idle connection keeps at most 8 KiB for each of
+/// its two buffers: many connections that once had a burst must not each
+/// hold the burst's buffers.
+const KEEP_LOCAL: usize = 256;
 
 impl Deliveries {
     /// Moves everything buffered into the local batch; wakes queues that
