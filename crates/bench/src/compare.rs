@@ -558,16 +558,21 @@ async fn run_case(
             } else {
                 None
             };
+            let mut steal = crate::procstat::steal_ticks();
             let mut r =
                 scenario::run(&s, t, case.pub_driver.as_ref(), case.sub_driver.as_ref()).await;
             if let Err(e) = &r {
                 // One retry: a shared machine has its moments.
                 eprintln!("{} on {}: {e:#}; retrying once", s.name, t.name);
                 out.errors.push(format!("{} (retried): {e:#}", t.name));
+                steal = crate::procstat::steal_ticks();
                 r = scenario::run(&s, t, case.pub_driver.as_ref(), case.sub_driver.as_ref()).await;
             }
             match r {
                 Ok(mut r) => {
+                    r.steal_pct = steal
+                        .zip(crate::procstat::steal_ticks())
+                        .and_then(|(b, a)| crate::procstat::steal_percent(b, a));
                     if let (Some(b), Some(a)) = (before, store_counters(t).await) {
                         let fsyncs = a.0.saturating_sub(b.0);
                         let batches = a.1.saturating_sub(b.1);
@@ -1024,6 +1029,7 @@ fn markdown(
         }
     }
     settle_table(&mut d, results);
+    fixed_rate_table(&mut d, results);
     generator_table(&mut d, results);
     let _ = writeln!(
         d,
@@ -1404,6 +1410,68 @@ fn settle_table(d: &mut String, results: &[CaseResult]) {
                 ""
             }
         );
+    }
+    let _ = writeln!(d);
+}
+
+/// Every run of the 2 000 msg/s cases, with the machine's hypervisor steal
+/// during it: their p99 is where the shared machine shows most.
+fn fixed_rate_table(d: &mut String, results: &[CaseResult]) {
+    let rows: Vec<&CaseResult> = results
+        .iter()
+        .filter(|r| matches!(r.case.kind, Kind::FixedRate))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(d, "## The fixed-rate latency runs one by one\n");
+    let _ = writeln!(
+        d,
+        "p99 of each run in µs, in the order they ran, and in brackets the hypervisor's steal \
+         during it (`/proc/stat`: time this virtual machine's CPUs wanted to run but the host ran \
+         something else, % of all CPU time). The tables above show the median run.\n"
+    );
+    let _ = writeln!(
+        d,
+        "| scenario | broker | p99 per run (steal) | median p99 |"
+    );
+    let _ = writeln!(d, "| --- | --- | --- | ---: |");
+    for r in rows {
+        let mut names: Vec<&String> = r.runs.keys().collect();
+        names.sort_by_key(|n| (n.as_str() != "switchyard", n.as_str()));
+        for name in names {
+            let Some(runs) = r.runs.get(name) else {
+                continue;
+            };
+            let each: Vec<String> = runs
+                .iter()
+                .map(|run| {
+                    let p99 = run
+                        .latency_us
+                        .as_ref()
+                        .map_or("–".into(), |l| format!("{:.0}", l.p99));
+                    match run.steal_pct {
+                        Some(st) => format!("{p99} ({st:.0} %)"),
+                        None => p99,
+                    }
+                })
+                .collect();
+            let median = summarize(runs)
+                .latency
+                .map_or("–".into(), |l| fmt_us(l.p99));
+            let _ = writeln!(
+                d,
+                "| {} {} | {} | {} | {median} |",
+                r.case.section,
+                r.case.scenario.name,
+                if name == "switchyard" {
+                    "Switchyard"
+                } else {
+                    peer_title(name)
+                },
+                each.join(", "),
+            );
+        }
     }
     let _ = writeln!(d);
 }

@@ -35,3 +35,46 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// The machine's CPU time so far from `/proc/stat`, in clock ticks over all
+/// CPUs: (stolen by the hypervisor, total). Steal is time a virtual CPU
+/// wanted to run but the host ran something else; during a latency run it
+/// is the machine's share of the tail.
+pub fn steal_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let steal = *fields.get(7)?;
+    Some((steal, fields.iter().sum()))
+}
+
+/// Steal as a percentage of all CPU time between two [`steal_ticks`] readings.
+pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1)?;
+    let steal = after.0.checked_sub(before.0)?;
+    (total > 0).then(|| steal as f64 * 100.0 / total as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn steal_is_a_share_of_the_interval() {
+        assert_eq!(steal_percent((10, 1000), (30, 1200)), Some(10.0));
+        assert_eq!(steal_percent((10, 1000), (10, 1000)), None);
+        assert_eq!(steal_percent((10, 1000), (5, 1200)), None);
+        if std::path::Path::new("/proc/stat").exists() {
+            let (steal, total) = steal_ticks().expect("/proc/stat has a cpu line");
+            assert!(steal <= total);
+        }
+    }
+}

@@ -65,6 +65,10 @@ pub struct Report {
     pub mode: String,
     /// The store's figures during the run (Switchyard's `/metrics`).
     pub store: Option<StoreFigures>,
+    /// The machine's hypervisor steal during the run, % of all CPU time
+    /// (set by `compare`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steal_pct: Option<f64>,
 }
 
 /// What the durable store did during a run.

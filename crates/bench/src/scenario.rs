@@ -204,6 +204,7 @@ pub async fn run(
         broker_rss_kib: target.pid.and_then(procstat::rss_kib),
         mode: sub_driver.mode(),
         store: None,
+        steal_pct: None,
     })
 }
 
@@ -260,6 +261,7 @@ async fn run_reqrep(
         broker_rss_kib: target.pid.and_then(procstat::rss_kib),
         mode: driver.mode(),
         store: None,
+        steal_pct: None,
     })
 }
 
@@ -583,5 +585,6 @@ pub async fn run_split(
         broker_rss_kib: target.pid.and_then(procstat::rss_kib),
         mode: String::new(),
         store: None,
+        steal_pct: None,
     })
 }
