@@ -195,7 +195,9 @@ impl Io {
             match refs.as_deref() {
                 None => stream.write_all(buf).await?,
                 // Boxed: only turns with large payloads pay for its state.
-                Some(r) => Box::pin(write_chain(stream, buf, r)).await?,
+                Some(r) => {
+                    Box::pin(switchyard_core::spi::write_chain::<MAX_IOV>(stream, buf, r)).await?
+                }
             }
             stream.flush().await
         })
@@ -238,72 +240,6 @@ const MAX_REFS: usize = 64;
 
 /// Most pieces handed to one vectored write.
 const MAX_IOV: usize = 64;
-
-/// Writes `buf` with each `refs` body spliced in at its offset, in full.
-async fn write_chain(
-    stream: &mut Box<dyn Stream>,
-    buf: &[u8],
-    refs: &[(usize, bytes::Bytes)],
-) -> io::Result<()> {
-    let total = buf.len() + refs.iter().map(|(_, b)| b.len()).sum::<usize>();
-    let mut done = 0;
-    std::future::poll_fn(|cx| {
-        while done < total {
-            let mut iov = [io::IoSlice::new(&[]); MAX_IOV];
-            let n = chain_slices(buf, refs, done, &mut iov);
-            let slices = iov.get(..n).unwrap_or_default();
-            match Pin::new(&mut **stream).poll_write_vectored(cx, slices) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(w)) => done += w,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
-    })
-    .await
-}
-
-/// Fills `iov` with the pieces of the chain from byte `skip` on; returns
-/// how many it filled.
-fn chain_slices<'a>(
-    buf: &'a [u8],
-    refs: &'a [(usize, bytes::Bytes)],
-    mut skip: usize,
-    iov: &mut [io::IoSlice<'a>],
-) -> usize {
-    let mut n = 0;
-    let mut at = 0;
-    let mut push = |piece: &'a [u8], n: &mut usize| -> bool {
-        if piece.is_empty() {
-            return true;
-        }
-        if skip >= piece.len() {
-            skip -= piece.len();
-            return true;
-        }
-        let piece = piece.get(skip..).unwrap_or_default();
-        skip = 0;
-        match iov.get_mut(*n) {
-            Some(slot) => {
-                *slot = io::IoSlice::new(piece);
-                *n += 1;
-                true
-            }
-            None => false,
-        }
-    };
-    for (off, body) in refs {
-        if !push(buf.get(at..*off).unwrap_or_default(), &mut n) || !push(body, &mut n) {
-            return n;
-        }
-        at = *off;
-    }
-    push(buf.get(at..).unwrap_or_default(), &mut n);
-    n
-}
 
 fn poll_read(
     stream: &mut Box<dyn Stream>,
@@ -2320,35 +2256,6 @@ impl Conn {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-
-    /// The pieces of a write buffer with payloads spliced in, from any
-    /// byte on and with any number of slots, are the expected bytes.
-    #[test]
-    fn chain_slices_resume_at_every_byte() {
-        let buf: Vec<u8> = (0u8..20).collect();
-        let refs = vec![
-            (3, bytes::Bytes::from_static(b"AAAA")),
-            (3, bytes::Bytes::from_static(b"")),
-            (10, bytes::Bytes::from_static(b"BB")),
-            (20, bytes::Bytes::from_static(b"CCC")),
-        ];
-        let mut want = buf[..3].to_vec();
-        want.extend_from_slice(b"AAAA");
-        want.extend_from_slice(&buf[3..10]);
-        want.extend_from_slice(b"BB");
-        want.extend_from_slice(&buf[10..]);
-        want.extend_from_slice(b"CCC");
-        for slots in 1..8 {
-            for skip in 0..=want.len() {
-                let mut iov = vec![io::IoSlice::new(&[]); slots];
-                let n = chain_slices(&buf, &refs, skip, &mut iov);
-                let got: Vec<u8> = iov[..n].iter().flat_map(|s| s.iter().copied()).collect();
-                assert!(want[skip..].starts_with(&got), "slots {slots} skip {skip}");
-                assert!(n == slots || got.len() == want.len() - skip);
-                assert!(skip == want.len() || !got.is_empty());
-            }
-        }
-    }
 
     /// The connection's task holds the serve future for its whole life:
     /// the handshake, the end, the full loop (of a connection that

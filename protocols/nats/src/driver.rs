@@ -468,7 +468,7 @@ impl State<'_> {
             if refs.is_empty() {
                 stream.write_all(wbuf).await?;
             } else {
-                write_chain(stream, wbuf, refs).await?;
+                switchyard_core::spi::write_chain::<MAX_IOV>(stream, wbuf, refs).await?;
             }
             stream.flush().await
         };
@@ -860,73 +860,6 @@ fn wire_subject_cached(last: &mut Option<Str>, address: &Str) -> bool {
     ok
 }
 
-/// Writes `buf` with each `refs` body spliced in at its offset, in full.
-async fn write_chain(
-    stream: &mut Box<dyn Stream>,
-    buf: &[u8],
-    refs: &[(usize, Bytes)],
-) -> std::io::Result<()> {
-    use std::task::Poll;
-    let total = buf.len() + refs.iter().map(|(_, b)| b.len()).sum::<usize>();
-    let mut done = 0;
-    std::future::poll_fn(|cx| {
-        while done < total {
-            let mut iov = [std::io::IoSlice::new(&[]); MAX_IOV];
-            let n = chain_slices(buf, refs, done, &mut iov);
-            let slices = iov.get(..n).unwrap_or_default();
-            match std::pin::Pin::new(&mut **stream).poll_write_vectored(cx, slices) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(w)) => done += w,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        Poll::Ready(Ok(()))
-    })
-    .await
-}
-
-/// Fills `iov` with the pieces of the chain (`buf` with `refs` spliced in)
-/// from byte `skip` on; returns how many it filled.
-fn chain_slices<'a>(
-    buf: &'a [u8],
-    refs: &'a [(usize, Bytes)],
-    mut skip: usize,
-    iov: &mut [std::io::IoSlice<'a>],
-) -> usize {
-    let mut n = 0;
-    let mut push = |piece: &'a [u8], n: &mut usize| -> bool {
-        if piece.is_empty() {
-            return true;
-        }
-        if skip >= piece.len() {
-            skip -= piece.len();
-            return true;
-        }
-        let piece = piece.get(skip..).unwrap_or_default();
-        skip = 0;
-        match iov.get_mut(*n) {
-            Some(slot) => {
-                *slot = std::io::IoSlice::new(piece);
-                *n += 1;
-                true
-            }
-            None => false,
-        }
-    };
-    let mut at = 0;
-    for (off, body) in refs {
-        if !push(buf.get(at..*off).unwrap_or_default(), &mut n) || !push(body, &mut n) {
-            return n;
-        }
-        at = *off;
-    }
-    push(buf.get(at..).unwrap_or_default(), &mut n);
-    n
-}
-
 /// Reads into `buf`, growing it in steps while data flows (and keeping it
 /// small on idle connections).
 async fn read_some(stream: &mut Box<dyn Stream>, buf: &mut BytesMut) -> std::io::Result<usize> {
@@ -987,41 +920,5 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-    use super::*;
-
-    /// The pieces a vectored write gets, from every starting byte and with
-    /// room for only a few pieces at a time, add up to the buffer with the
-    /// bodies spliced in at their offsets.
-    #[test]
-    fn chained_pieces_are_the_buffer_with_the_bodies_spliced_in() {
-        let buf = b"MSG a 1 3\r\n\r\nMSG a 1 4\r\n\r\nPING\r\n";
-        let refs = vec![
-            (11, Bytes::from_static(b"xyz")),
-            (24, Bytes::from_static(b"wxyz")),
-        ];
-        let want = b"MSG a 1 3\r\nxyz\r\nMSG a 1 4\r\nwxyz\r\nPING\r\n";
-        for room in 1..6 {
-            for skip in 0..=want.len() {
-                let mut got = want[..skip].to_vec();
-                while got.len() < want.len() {
-                    let mut iov = vec![std::io::IoSlice::new(&[]); room];
-                    let n = chain_slices(buf, &refs, got.len(), &mut iov);
-                    assert!(n > 0);
-                    for s in &iov[..n] {
-                        got.extend_from_slice(s);
-                    }
-                }
-                assert_eq!(&got[..], &want[..], "room {room}, skip {skip}");
-            }
-        }
-        // Nothing left to write: no pieces.
-        let mut iov = [std::io::IoSlice::new(&[]); 4];
-        assert_eq!(chain_slices(buf, &refs, want.len(), &mut iov), 0);
     }
 }
