@@ -841,8 +841,21 @@ impl Shared {
                 &memo.0.insert((msg.address.clone(), g, dests)).2
             }
         };
+        self.enqueue_multicast(dests, msg, out, fx);
+    }
+
+    /// Enqueues `msg` in the queues the multicast router's `dests` name:
+    /// directly when they are all queues, else through the exchanges bound
+    /// among them.
+    fn enqueue_multicast(
+        &self,
+        dests: &[Dest],
+        msg: &Arc<Message>,
+        out: &mut Published,
+        fx: &mut Effects,
+    ) {
         if dests.iter().all(|d| matches!(d, Dest::Queue(_))) {
-            for d in dests.iter() {
+            for d in dests {
                 if let Dest::Queue(q) = d {
                     self.enqueue_one(&q.0, msg, out, fx);
                 }
@@ -865,18 +878,7 @@ impl Shared {
         match &msg.namespace {
             Namespace::Multicast => {
                 let dests = self.multicast.route_topic(&msg.address);
-                if dests.iter().all(|d| matches!(d, Dest::Queue(_))) {
-                    for d in dests.iter() {
-                        if let Dest::Queue(q) = d {
-                            self.enqueue_one(&q.0, msg, out, fx);
-                        }
-                    }
-                } else {
-                    let queues = self.resolve_dests(dests.to_vec(), msg);
-                    for q in &queues {
-                        self.enqueue_one(q, msg, out, fx);
-                    }
-                }
+                self.enqueue_multicast(&dests, msg, out, fx);
             }
             Namespace::Anycast => {
                 if let Some(q) = self.queue(&msg.address) {
