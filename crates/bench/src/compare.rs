@@ -825,6 +825,22 @@ fn versions(bin: &Path, peers: &HashMap<&'static str, BrokerProc>) -> Vec<(Strin
     v
 }
 
+/// Switchyard, then the peers in name order.
+fn switchyard_first<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut names: Vec<&String> = names.collect();
+    names.sort_by_key(|n| (n.as_str() != "switchyard", n.as_str()));
+    names
+}
+
+/// How a broker is named in the report.
+fn broker_title(name: &str) -> &'static str {
+    if name == "switchyard" {
+        "Switchyard"
+    } else {
+        peer_title(name)
+    }
+}
+
 fn peer_title(p: &str) -> &'static str {
     match p {
         NATS_SERVER => "nats-server",
@@ -1352,18 +1368,13 @@ fn conns_table(d: &mut String, rows: &[&CaseResult]) {
     );
     let _ = writeln!(d, "| --- | ---: | ---: | ---: |");
     for r in rows {
-        let mut names: Vec<&String> = r.conns.keys().collect();
-        names.sort_by_key(|n| (n.as_str() != "switchyard", n.as_str()));
+        let names = switchyard_first(r.conns.keys());
         for name in names {
             let Some(c) = r.conns.get(name) else { continue };
             let _ = writeln!(
                 d,
                 "| {} | {} | {:.2} | {:.2} | {:.0} |",
-                if name == "switchyard" {
-                    "Switchyard"
-                } else {
-                    peer_title(name)
-                },
+                broker_title(name),
                 c.first().map_or(0, |c| c.connections),
                 median(c.iter().map(|c| c.kib_per_connection).collect()),
                 median(c.iter().map(|c| c.kib_per_connection_marginal).collect()),
@@ -1398,11 +1409,7 @@ fn settle_table(d: &mut String, results: &[CaseResult]) {
             "| {} {} | {} | {:.1} s{} |",
             r.case.section,
             r.case.scenario.name,
-            if name == "switchyard" {
-                "Switchyard"
-            } else {
-                peer_title(name)
-            },
+            broker_title(name),
             waited.as_secs_f64(),
             if waited.as_secs() >= 30 {
                 " (still busy)"
@@ -1437,8 +1444,7 @@ fn fixed_rate_table(d: &mut String, results: &[CaseResult]) {
     );
     let _ = writeln!(d, "| --- | --- | --- | ---: |");
     for r in rows {
-        let mut names: Vec<&String> = r.runs.keys().collect();
-        names.sort_by_key(|n| (n.as_str() != "switchyard", n.as_str()));
+        let names = switchyard_first(r.runs.keys());
         for name in names {
             let Some(runs) = r.runs.get(name) else {
                 continue;
@@ -1464,11 +1470,7 @@ fn fixed_rate_table(d: &mut String, results: &[CaseResult]) {
                 "| {} {} | {} | {} | {median} |",
                 r.case.section,
                 r.case.scenario.name,
-                if name == "switchyard" {
-                    "Switchyard"
-                } else {
-                    peer_title(name)
-                },
+                broker_title(name),
                 each.join(", "),
             );
         }
@@ -1500,8 +1502,7 @@ fn generator_table(d: &mut String, results: &[CaseResult]) {
     );
     let _ = writeln!(d, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
-        let mut names: Vec<&String> = r.split.keys().collect();
-        names.sort_by_key(|n| (n.as_str() != "switchyard", n.as_str()));
+        let names = switchyard_first(r.split.keys());
         for name in names {
             let Some(two) = r.split.get(name).map(|v| summarize(v)) else {
                 continue;
@@ -1517,11 +1518,7 @@ fn generator_table(d: &mut String, results: &[CaseResult]) {
                 "| {} {} | {} | {} | {} | {change} | {:.2} / {:.2} | {:.2} / {:.2} |",
                 r.case.section,
                 r.case.scenario.name,
-                if name == "switchyard" {
-                    "Switchyard"
-                } else {
-                    peer_title(name)
-                },
+                broker_title(name),
                 fmt_rate(one.rate),
                 fmt_rate(two.rate),
                 one.cpu_per_m,
