@@ -101,6 +101,7 @@ impl ProtocolAdapter for NatsAdapter {
             opts: ConnectOptions::default(),
             connected: false,
             pings_out: 0,
+            active: false,
             expired: Vec::new(),
             wire_ok: None,
             publisher: false,
@@ -231,6 +232,11 @@ struct State<'a> {
     opts: ConnectOptions,
     connected: bool,
     pings_out: u32,
+    /// Something was read since the last PING tick: the client is alive,
+    /// the tick neither sends a PING nor counts one (as nats-server delays
+    /// its PING on client activity). A paced publisher's PONG can wait
+    /// behind megabytes of its own messages.
+    active: bool,
     /// Subscriptions that reached their `UNSUB` max during this turn.
     expired: Vec<ConsumerId>,
     /// The address last found to be a valid NATS subject on delivery (the
@@ -323,7 +329,9 @@ impl Conn<'_> {
                 }
                 () = events.ready() => self.st.on_events(&events),
                 _ = ping.tick() => {
-                    if held {
+                    if std::mem::take(&mut self.st.active) {
+                        Flow::Continue
+                    } else if held {
                         self.st.wbuf.extend_from_slice(codec::PING);
                         Flow::Continue
                     } else if self.st.pings_out >= self.st.cfg().max_pings_out {
@@ -344,7 +352,10 @@ impl Conn<'_> {
                 () = relieved(self.st.pressure.as_ref()), if pressed => Flow::Continue,
                 r = read_some(&mut stream, &mut self.reader.rbuf), if !held => match r {
                     Ok(0) => Flow::Eof,
-                    Ok(_) => self.on_read(),
+                    Ok(_) => {
+                        self.st.active = true;
+                        self.on_read()
+                    }
                     Err(e) => Flow::Close(AdapterError::Io(e)),
                 },
             };
