@@ -10,6 +10,12 @@
 //! holds back its queues instead of growing our buffers. Buffers shrink
 //! back when idle (the target is a few KiB per idle connection).
 //!
+//! A publishing connection is not read while the broker blocks publishers
+//! (memory/disk watermark, told with `connection.blocked`) nor while a
+//! queue it published to is past its bound with `overflow = block`
+//! (silently, as RabbitMQ's per-queue credit flow); its heartbeats are not
+//! held against it meanwhile.
+//!
 //! Timers: the handshake must finish within `limits.handshake_timeout`; a
 //! heartbeat goes out when nothing was written for half the negotiated
 //! interval, and a client silent for two intervals is disconnected; output
@@ -121,10 +127,16 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
         if c.publisher {
             c.set_blocked(hold, flow.reason().as_deref().unwrap_or(""));
         }
-        if hold {
+        // Likewise (but silently: no connection.blocked) while a queue it
+        // published to is past its bound (`overflow = block`).
+        if c.pressure.as_ref().is_some_and(|p| p.is_relieved()) {
+            c.pressure = None;
+        }
+        let pressed = c.pressure.is_some();
+        if hold || pressed {
             last_read = now;
         }
-        let reading = !eof && room && c.phase != Phase::Closed && !hold;
+        let reading = !eof && room && c.phase != Phase::Closed && !hold && !pressed;
         if reading && rbuf.capacity() - rbuf.len() < read_hint / 2 {
             rbuf.reserve(read_hint);
         }
@@ -167,6 +179,7 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
                 }
             }
             () = flow.turn(hold), if c.publisher => {}
+            () = relieved(c.pressure.as_ref()), if pressed => {}
             () = events.ready(), if open => {
                 for e in events.take() {
                     c.on_event(e);
@@ -276,6 +289,15 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
     })
     .await;
     result
+}
+
+/// Resolves once the pressure is relieved (never without one). Boxed, and
+/// made only while pressed, so the connection future does not grow.
+async fn relieved(pressure: Option<&switchyard_core::Pressure>) {
+    match pressure {
+        Some(p) => Box::pin(p.relieved()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Writes some of `out`, or flushes once it is empty. Cancel-safe: a

@@ -29,7 +29,7 @@ use smallvec::SmallVec;
 use std::collections::{BTreeSet, VecDeque};
 use switchyard_core::{
     Completion, ConsumeOptions, CoreError, DeclareQueue, Deliveries, Delivery, ExchangeKind,
-    ExchangeOptions, Published, Session, SessionEvent, Transaction,
+    ExchangeOptions, Pressure, Published, Session, SessionEvent, Transaction,
 };
 use switchyard_model::{
     Address, ConsumerId, DeliveryTag, Headers, Message, Namespace, Str, Value, now_millis,
@@ -358,6 +358,11 @@ pub struct Conn {
     /// The connection has published: it is held back while the broker
     /// blocks publishers.
     pub publisher: bool,
+    /// A queue this connection published to is past its bound
+    /// (`overflow = block`): the driver does not read the socket until it
+    /// is relieved. No `connection.blocked` is sent for it (RabbitMQ keeps
+    /// that for its memory/disk alarms; its per-queue flow is silent).
+    pub pressure: Option<Pressure>,
 }
 
 impl Conn {
@@ -382,6 +387,7 @@ impl Conn {
             login: None,
             blocked: false,
             publisher: false,
+            pressure: None,
         }
     }
 
@@ -1651,10 +1657,13 @@ impl Conn {
             tx.returns.push(keep.map(|(p, b)| (publish, p, b)));
             return Ok(());
         }
-        let result = self
+        let mut result = self
             .session
             .publish(msg)
             .map_err(|e| AmqpError::core(&e, at))?;
+        if result.pressure.is_some() && self.pressure.as_ref().is_none_or(Pressure::is_relieved) {
+            self.pressure = result.pressure.take();
+        }
         if let Some((props, body)) = keep
             && result.is_unroutable()
         {

@@ -46,9 +46,11 @@ pub struct MqttConfig {
     /// Messages a clean-session (non-persistent) subscription holds for a
     /// client that reads slower than they arrive, beyond the connection's
     /// own buffer (`[limits] connection_buffer`). Past it, clients
-    /// publishing to the subscription's topics are back-pressured: their
-    /// sockets are not read until it has drained to half. Nothing is
-    /// dropped. 0 = no limit (then only `max_queued_bytes` applies).
+    /// publishing to the subscription's topics (MQTT, AMQP, STOMP, NATS;
+    /// not HTTP) are back-pressured: their sockets are not read until it
+    /// has drained to half, for at most 5 s per episode (then, or at twice
+    /// the bound, the oldest messages are dropped, counted). 0 = no limit
+    /// (then only `max_queued_bytes` applies).
     pub max_queued_messages: u64,
     /// Bytes of payload a clean-session subscription holds for a slow
     /// client, beyond the connection's buffer (`[limits]

@@ -6,6 +6,13 @@
 //! between writes, so a client that does not read its socket is cut off by
 //! the write deadline instead of growing memory.
 //!
+//! A publishing connection is not read while the broker blocks publishers
+//! (memory/disk watermark) nor while a queue it published to is past its
+//! bound with `overflow = block` (until relieved, at most the core's
+//! `BLOCK_TIMEOUT`), as nats-server stalls a producer of a slow consumer;
+//! deliveries and PINGs still go out, uncounted while its PONGs cannot be
+//! read.
+//!
 //! The state is split in two so a parsed operation (which borrows the
 //! parser's copy of the control line) can be handled by `&mut State`:
 //! [`Reader`] (read buffer + parser) and [`State`] (everything else).
@@ -21,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use switchyard_core::spi::{AdapterError, Connection, ProtocolAdapter, StartTls, Stream};
 use switchyard_core::{
-    Broker, ConsumeOptions, CoreError, Deliveries, Delivery, Events, Overflow, QueueOptions,
-    RouteMemo, Session, SessionEvent, Subscribe, SubscriptionKind, WakeBatch,
+    Broker, ConsumeOptions, CoreError, Deliveries, Delivery, Events, Overflow, Pressure,
+    QueueOptions, RouteMemo, Session, SessionEvent, Subscribe, SubscriptionKind, WakeBatch,
 };
 use switchyard_model::{
     AddressFilter, ConsumerId, Headers, Message, MessageId, Namespace, Origin, Properties, Str,
@@ -94,9 +101,11 @@ impl ProtocolAdapter for NatsAdapter {
             opts: ConnectOptions::default(),
             connected: false,
             pings_out: 0,
+            active: false,
             expired: Vec::new(),
             wire_ok: None,
             publisher: false,
+            pressure: None,
             peer: conn.peer.map(|p| p.ip()),
             tls_identity: conn.tls_identity.clone(),
         };
@@ -223,6 +232,11 @@ struct State<'a> {
     opts: ConnectOptions,
     connected: bool,
     pings_out: u32,
+    /// Something was read since the last PING tick: the client is alive,
+    /// the tick neither sends a PING nor counts one (as nats-server delays
+    /// its PING on client activity). A paced publisher's PONG can wait
+    /// behind megabytes of its own messages.
+    active: bool,
     /// Subscriptions that reached their `UNSUB` max during this turn.
     expired: Vec<ConsumerId>,
     /// The address last found to be a valid NATS subject on delivery (the
@@ -231,6 +245,9 @@ struct State<'a> {
     /// This connection has published: it is held back while the broker
     /// blocks publishers (memory or disk watermark).
     publisher: bool,
+    /// A queue this connection published to is past its bound
+    /// (`overflow = block`): it is not read until this is relieved.
+    pressure: Option<Pressure>,
     peer: Option<std::net::IpAddr>,
     /// The verified client-certificate name (mutual TLS): from the
     /// connection, or from the TLS upgrade after INFO. Authentication
@@ -288,8 +305,16 @@ impl Conn<'_> {
         self.st.vectored = stream.is_write_vectored();
         loop {
             // A publishing connection is not read while publishers are held
-            // back: TCP back-pressure reaches the client.
+            // back (memory or disk watermark), nor while a queue it
+            // published to is past its bound (`overflow = block`): TCP
+            // back-pressure reaches the client. Its PONGs cannot be read
+            // meanwhile, so PINGs go out uncounted.
             let hold = self.st.publisher && flow.is_blocked();
+            if self.st.pressure.as_ref().is_some_and(Pressure::is_relieved) {
+                self.st.pressure = None;
+            }
+            let pressed = self.st.pressure.is_some();
+            let held = hold || pressed;
             let turn = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => {
@@ -304,7 +329,12 @@ impl Conn<'_> {
                 }
                 () = events.ready() => self.st.on_events(&events),
                 _ = ping.tick() => {
-                    if self.st.pings_out >= self.st.cfg().max_pings_out {
+                    if std::mem::take(&mut self.st.active) {
+                        Flow::Continue
+                    } else if held {
+                        self.st.wbuf.extend_from_slice(codec::PING);
+                        Flow::Continue
+                    } else if self.st.pings_out >= self.st.cfg().max_pings_out {
                         codec::encode_err(&mut self.st.wbuf, "Stale Connection");
                         Flow::Close(AdapterError::Timeout("stale connection"))
                     } else {
@@ -319,9 +349,13 @@ impl Conn<'_> {
                 }
                 // Re-evaluate `hold` when publishers are (un)blocked.
                 () = flow.turn(hold), if self.st.publisher => Flow::Continue,
-                r = read_some(&mut stream, &mut self.reader.rbuf), if !hold => match r {
+                () = relieved(self.st.pressure.as_ref()), if pressed => Flow::Continue,
+                r = read_some(&mut stream, &mut self.reader.rbuf), if !held => match r {
                     Ok(0) => Flow::Eof,
-                    Ok(_) => self.on_read(),
+                    Ok(_) => {
+                        self.st.active = true;
+                        self.on_read()
+                    }
                     Err(e) => Flow::Close(AdapterError::Io(e)),
                 },
             };
@@ -415,6 +449,15 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+}
+
+/// Resolves once the pressure is relieved (never without one). Boxed, and
+/// made only while pressed, so the connection future does not grow.
+async fn relieved(pressure: Option<&Pressure>) {
+    match pressure {
+        Some(p) => Box::pin(p.relieved()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -665,7 +708,12 @@ impl State<'_> {
             origin: Origin::INTERNAL,
         });
         match self.session.publish_memo(msg, &mut self.route) {
-            Ok(published) => {
+            Ok(mut published) => {
+                if published.pressure.is_some()
+                    && self.pressure.as_ref().is_none_or(Pressure::is_relieved)
+                {
+                    self.pressure = published.pressure.take();
+                }
                 if let Some(reply) = reply_to
                     && self.opts.no_responders
                     && published.routed == 0

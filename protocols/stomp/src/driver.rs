@@ -13,6 +13,12 @@
 //!    the same turn, then one read is tried without waiting, so a busy
 //!    subscription cannot starve the client's frames), and reading.
 //!
+//! A connection that sent a SEND is not read while the broker blocks
+//! publishers (memory/disk watermark) nor while a queue it sent to is past
+//! its bound with `overflow = block` (until relieved, at most the core's
+//! `BLOCK_TIMEOUT`); deliveries, receipts and heart-beats still go out, and
+//! its own heart-beats are not expected meanwhile.
+//!
 //! After an ERROR the connection is flushed, its write side shut down, and
 //! the input drained for a moment (so the kernel does not reset the
 //! connection before the client has read the ERROR: 1.2 §Connection
@@ -159,6 +165,15 @@ fn release_receipts(st: &StompSession, out: &mut Output) {
     }
 }
 
+/// Resolves once the pressure is relieved (never without one). Boxed, and
+/// made only while pressed, so the connection future does not grow.
+async fn relieved(pressure: Option<&switchyard_core::Pressure>) {
+    match pressure {
+        Some(p) => Box::pin(p.relieved()).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn next_deadline(hb: HeartBeat, last_read: Instant, last_write: Instant) -> Instant {
     let send = hb.send.map(|s| last_write + s);
     let silence = hb.silence.map(|s| last_read + s);
@@ -280,11 +295,17 @@ pub(crate) async fn serve(
         // blocked (memory/disk watermark); its heart-beats are not held
         // against it meanwhile.
         let hold = st.is_publisher() && flow.is_blocked();
-        if hold {
+        // Likewise while a queue it sent to is past its bound
+        // (`overflow = block`).
+        let pressed = st.pressure().is_some();
+        if hold || pressed {
             io.last_read = Instant::now();
         }
-        let can_read =
-            end.is_none() && !io.eof && out.pending.len() < MAX_PENDING_RECEIPTS && !hold;
+        let can_read = end.is_none()
+            && !io.eof
+            && out.pending.len() < MAX_PENDING_RECEIPTS
+            && !hold
+            && !pressed;
         if can_read {
             io.prepare_read(&dec);
         }
@@ -357,6 +378,7 @@ pub(crate) async fn serve(
                 }
             }
             () = flow.turn(hold), if st.is_publisher() => {}
+            () = relieved(st.pressure()), if pressed => {}
             r = io.stream.read_buf(&mut io.rbuf), if can_read => io.on_read(r)?,
         }
     }

@@ -33,7 +33,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_core::{
-    Completion, ConsumeOptions, CoreError, DeclareQueue, Delivery, QueueOptions, Session,
+    Completion, ConsumeOptions, CoreError, DeclareQueue, Delivery, Pressure, QueueOptions, Session,
     Subscribe, SubscriptionKind, Transaction,
 };
 use switchyard_model::{
@@ -200,6 +200,9 @@ pub struct StompSession {
     /// The connection has sent a SEND: it is held back while the broker
     /// blocks publishers.
     publisher: bool,
+    /// A queue a SEND went into is past its bound (`overflow = block`):
+    /// the driver does not read the socket until it is relieved.
+    pressure: Option<Pressure>,
 }
 
 fn truthy(frame: &Frame, name: &str) -> bool {
@@ -258,7 +261,18 @@ impl StompSession {
             tx_bytes: 0,
             known_queues: HashSet::default(),
             publisher: false,
+            pressure: None,
         }
+    }
+
+    /// The back-pressure the connection is under, if any: a queue a SEND
+    /// went into is past its bound with `overflow = block`. Forgotten once
+    /// relieved.
+    pub fn pressure(&mut self) -> Option<&Pressure> {
+        if self.pressure.as_ref().is_some_and(Pressure::is_relieved) {
+            self.pressure = None;
+        }
+        self.pressure.as_ref()
     }
 
     /// True once the client has sent a SEND.
@@ -632,9 +646,13 @@ impl StompSession {
             Namespace::Anycast => Some(msg.address.clone()),
             _ => None,
         };
-        let published = core
+        let mut published = core
             .publish(msg)
             .map_err(|e| StompError::core(format!("cannot send to '{dest}'"), &e))?;
+        if published.pressure.is_some() && self.pressure.as_ref().is_none_or(Pressure::is_relieved)
+        {
+            self.pressure = published.pressure.take();
+        }
         if let Some(q) = anycast
             && published.is_unroutable()
         {
