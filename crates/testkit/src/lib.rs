@@ -5,6 +5,8 @@
 //! * [`conformance`]: the checks every protocol adapter must pass, written
 //!   once against the [`conformance::Client`] trait that each protocol's
 //!   tests implement with a public client library.
+//! * [`slow_mqtt`]: a subscriber that reads only when told, for
+//!   back-pressure tests.
 //! * [`strategies`]: proptest strategies for addresses, filters and
 //!   messages.
 
@@ -12,6 +14,7 @@
 
 pub mod conformance;
 pub mod process;
+pub mod slow_mqtt;
 pub mod strategies;
 
 use std::net::SocketAddr;
