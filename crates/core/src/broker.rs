@@ -104,6 +104,24 @@ impl Pressure {
             let _ = tokio::time::timeout(Duration::from_millis(left.max(1)), notified).await;
         }
     }
+
+    /// Keeps `new` in `slot` (a connection's pressure) unless `slot` holds
+    /// one that is not relieved yet: the connection waits for the first.
+    pub fn keep(slot: &mut Option<Pressure>, new: Option<Pressure>) {
+        if new.is_some() && slot.as_ref().is_none_or(Pressure::is_relieved) {
+            *slot = new;
+        }
+    }
+
+    /// [`Pressure::relieved`] of `pressure`; never resolves without one.
+    /// For a connection's `select!` loop: the wait is boxed and made only
+    /// while pressed, so it does not grow every connection's future.
+    pub async fn relieved_or_never(pressure: Option<&Pressure>) {
+        match pressure {
+            Some(p) => Box::pin(p.relieved()).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl Published {
@@ -977,7 +995,11 @@ impl Shared {
         out: &mut Published,
         fx: &mut Effects,
     ) {
-        match q.enqueue(st, msg, fx) {
+        let r = q.enqueue(st, msg, fx);
+        if out.pressure.is_none() && q.is_pressured() {
+            out.pressure = Some(Pressure { queue: q.clone() });
+        }
+        match r {
             Enqueued::Accepted => out.routed += 1,
             Enqueued::Rejected => out.rejected += 1,
             Enqueued::Skipped => {}

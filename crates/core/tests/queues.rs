@@ -515,6 +515,39 @@ async fn block_overflow_keeps_every_message_and_presses_publishers_until_half_dr
     assert_eq!(got, ["1", "2", "3", "4", "5", "6"].map(Bytes::from));
 }
 
+/// A transaction's publishes press their publisher like plain ones.
+#[test]
+fn a_committed_transaction_past_a_blocking_limit_presses_its_publisher() {
+    let b = broker();
+    let mut s = session(&b);
+    declare(
+        &mut s,
+        "q",
+        QueueOptions {
+            max_length: Some(2),
+            overflow: Overflow::Block,
+            ..Default::default()
+        },
+    );
+    let mut tx = Transaction::new();
+    for m in ["1", "2"] {
+        tx.publish(to_queue("q", m));
+    }
+    let done = s.commit(tx).unwrap();
+    assert!(done.iter().all(|p| p.routed == 1 && p.pressure.is_none()));
+    let mut tx = Transaction::new();
+    tx.publish(to_queue("q", "3"));
+    let done = s.commit(tx).unwrap();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].routed, 1, "past the limit: kept");
+    let pressure = done[0]
+        .pressure
+        .as_ref()
+        .expect("past the limit: the publisher is told");
+    assert!(!pressure.is_relieved());
+    assert_eq!(b.stats().queue_totals.dropped, 0);
+}
+
 #[tokio::test]
 async fn block_overflow_is_bounded_by_twice_the_limit_and_by_the_block_timeout() {
     let b = broker();

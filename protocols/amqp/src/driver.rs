@@ -179,7 +179,7 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
                 }
             }
             () = flow.turn(hold), if c.publisher => {}
-            () = relieved(c.pressure.as_ref()), if pressed => {}
+            () = switchyard_core::Pressure::relieved_or_never(c.pressure.as_ref()), if pressed => {}
             () = events.ready(), if open => {
                 for e in events.take() {
                     c.on_event(e);
@@ -289,15 +289,6 @@ pub async fn run(conn: Connection, broker: Broker, cfg: &AmqpConfig) -> Result<(
     })
     .await;
     result
-}
-
-/// Resolves once the pressure is relieved (never without one). Boxed, and
-/// made only while pressed, so the connection future does not grow.
-async fn relieved(pressure: Option<&switchyard_core::Pressure>) {
-    match pressure {
-        Some(p) => Box::pin(p.relieved()).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Writes some of `out`, or flushes once it is empty. Cancel-safe: a

@@ -1482,7 +1482,7 @@ impl Conn {
             }
             settled.extend(taken);
         }
-        let published = match self.session.commit(core_tx) {
+        let mut published = match self.session.commit(core_tx) {
             Ok(p) => p,
             Err(e) => {
                 if let Some(ch) = self.channels.get_mut(&channel) {
@@ -1491,6 +1491,9 @@ impl Conn {
                 return Err(AmqpError::core(&e, at));
             }
         };
+        for p in &mut published {
+            Pressure::keep(&mut self.pressure, p.pressure.take());
+        }
         for (p, ret) in published.iter().zip(returns) {
             if let Some((publish, props, body)) = ret
                 && p.is_unroutable()
@@ -1661,9 +1664,7 @@ impl Conn {
             .session
             .publish(msg)
             .map_err(|e| AmqpError::core(&e, at))?;
-        if result.pressure.is_some() && self.pressure.as_ref().is_none_or(Pressure::is_relieved) {
-            self.pressure = result.pressure.take();
-        }
+        Pressure::keep(&mut self.pressure, result.pressure.take());
         if let Some((props, body)) = keep
             && result.is_unroutable()
         {

@@ -1662,9 +1662,7 @@ impl Conn {
                     code = reason::NO_MATCHING_SUBSCRIBERS;
                 }
                 wait = published.completion;
-                if published.pressure.is_some() {
-                    self.pressure = published.pressure;
-                }
+                switchyard_core::Pressure::keep(&mut self.pressure, published.pressure);
             }
             Err(CoreError::MessageTooLarge { .. }) => code = reason::PACKET_TOO_LARGE,
             Err(CoreError::AccessRefused(_)) => code = reason::NOT_AUTHORIZED,

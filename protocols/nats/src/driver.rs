@@ -349,7 +349,7 @@ impl Conn<'_> {
                 }
                 // Re-evaluate `hold` when publishers are (un)blocked.
                 () = flow.turn(hold), if self.st.publisher => Flow::Continue,
-                () = relieved(self.st.pressure.as_ref()), if pressed => Flow::Continue,
+                () = switchyard_core::Pressure::relieved_or_never(self.st.pressure.as_ref()), if pressed => Flow::Continue,
                 r = read_some(&mut stream, &mut self.reader.rbuf), if !held => match r {
                     Ok(0) => Flow::Eof,
                     Ok(_) => {
@@ -449,15 +449,6 @@ impl Conn<'_> {
                 }
             }
         }
-    }
-}
-
-/// Resolves once the pressure is relieved (never without one). Boxed, and
-/// made only while pressed, so the connection future does not grow.
-async fn relieved(pressure: Option<&Pressure>) {
-    match pressure {
-        Some(p) => Box::pin(p.relieved()).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -709,11 +700,7 @@ impl State<'_> {
         });
         match self.session.publish_memo(msg, &mut self.route) {
             Ok(mut published) => {
-                if published.pressure.is_some()
-                    && self.pressure.as_ref().is_none_or(Pressure::is_relieved)
-                {
-                    self.pressure = published.pressure.take();
-                }
+                Pressure::keep(&mut self.pressure, published.pressure.take());
                 if let Some(reply) = reply_to
                     && self.opts.no_responders
                     && published.routed == 0

@@ -165,15 +165,6 @@ fn release_receipts(st: &StompSession, out: &mut Output) {
     }
 }
 
-/// Resolves once the pressure is relieved (never without one). Boxed, and
-/// made only while pressed, so the connection future does not grow.
-async fn relieved(pressure: Option<&switchyard_core::Pressure>) {
-    match pressure {
-        Some(p) => Box::pin(p.relieved()).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn next_deadline(hb: HeartBeat, last_read: Instant, last_write: Instant) -> Instant {
     let send = hb.send.map(|s| last_write + s);
     let silence = hb.silence.map(|s| last_read + s);
@@ -378,7 +369,7 @@ pub(crate) async fn serve(
                 }
             }
             () = flow.turn(hold), if st.is_publisher() => {}
-            () = relieved(st.pressure()), if pressed => {}
+            () = switchyard_core::Pressure::relieved_or_never(st.pressure()), if pressed => {}
             r = io.stream.read_buf(&mut io.rbuf), if can_read => io.on_read(r)?,
         }
     }

@@ -649,10 +649,7 @@ impl StompSession {
         let mut published = core
             .publish(msg)
             .map_err(|e| StompError::core(format!("cannot send to '{dest}'"), &e))?;
-        if published.pressure.is_some() && self.pressure.as_ref().is_none_or(Pressure::is_relieved)
-        {
-            self.pressure = published.pressure.take();
-        }
+        Pressure::keep(&mut self.pressure, published.pressure.take());
         if let Some(q) = anycast
             && published.is_unroutable()
         {
@@ -993,13 +990,16 @@ impl StompSession {
 
     fn commit(&mut self, frame: &Frame, core: &mut Session) -> Result<Vec<Completion>, StompError> {
         let open = self.take_tx(frame)?;
-        let published = core.commit(open.tx).map_err(|e| match e {
+        let mut published = core.commit(open.tx).map_err(|e| match e {
             CoreError::UnknownDeliveryTag(_) => StompError::new(
                 "unknown message id",
                 "the transaction acknowledges a message that is not awaiting acknowledgement; nothing was applied",
             ),
             e => StompError::core("COMMIT failed; nothing was applied", &e),
         })?;
+        for p in &mut published {
+            Pressure::keep(&mut self.pressure, p.pressure.take());
+        }
         Ok(published.into_iter().filter_map(|p| p.completion).collect())
     }
 
