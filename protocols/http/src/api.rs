@@ -19,8 +19,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use switchyard_core::{
-    Broker, DeclareQueue, Flow, Overflow, Published, QueueOptions, Subscribe, SubscriptionKind,
-    Traffic, Verb, WakeBatch,
+    Broker, DeclareQueue, Flow, Overflow, Pressure, Published, QueueOptions, Subscribe,
+    SubscriptionKind, Traffic, Verb, WakeBatch,
 };
 use switchyard_model::{AddressFilter, Message, Origin, Str};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -363,6 +363,12 @@ impl Api {
                 )
             })?;
         }
+        // A queue the message reached is past its bound (`overflow =
+        // block`): the answer waits until it drains (at most the core's
+        // BLOCK_TIMEOUT), so a client that waits for it is paced.
+        if let Some(p) = &published.pressure {
+            p.relieved().await;
+        }
         let mut out = String::with_capacity(40);
         out.push_str("{\"id\":");
         out.push_str(itoa::Buffer::new().format(published.id.get()));
@@ -397,13 +403,15 @@ impl Api {
         let mut completions = Vec::new();
         let mut refused = None;
         let mut published_n = 0usize;
+        let mut pressure = None;
         {
             let _batch = WakeBatch::new();
             for line in lines.iter() {
                 let mut m = template.clone();
                 bytes += line.len() as u64;
                 m.body = line.clone();
-                let p = self.broker.publish(m)?;
+                let mut p = self.broker.publish(m)?;
+                Pressure::keep(&mut pressure, p.pressure.take());
                 published_n += 1;
                 if first == 0 {
                     first = p.id.get();
@@ -440,6 +448,10 @@ impl Api {
                     e.to_string(),
                 )
             })?;
+        }
+        // As for one message: answered once the queue past its bound drained.
+        if let Some(p) = &pressure {
+            p.relieved().await;
         }
         let mut out = String::with_capacity(80);
         out.push_str("{\"count\":");
