@@ -332,6 +332,11 @@ impl Conn<'_> {
                     if std::mem::take(&mut self.st.active) {
                         Flow::Continue
                     } else if held {
+                        // Its PONGs are not read while it is held: nothing
+                        // to judge it by. The count starts again after the
+                        // hold (else counted PINGs at ticks between holds
+                        // add up while the PONGs wait behind its messages).
+                        self.st.pings_out = 0;
                         self.st.wbuf.extend_from_slice(codec::PING);
                         Flow::Continue
                     } else if self.st.pings_out >= self.st.cfg().max_pings_out {
