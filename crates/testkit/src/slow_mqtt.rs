@@ -17,6 +17,30 @@ use tokio::net::TcpStream;
 /// How long a read may wait before the subscriber gives up.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The bound [`bounded_broker`] gives a clean-session MQTT subscription.
+pub const BOUND: u64 = 20;
+
+/// A broker whose clean-session MQTT subscriptions are bounded at
+/// [`BOUND`] messages and whose connections buffer at most 8 deliveries
+/// (512 KiB), further configured by `more`; and a subscriber on `slow/t`
+/// (the address `slow.t`) that does not read until told.
+pub async fn bounded_broker(
+    more: impl FnOnce(&mut switchyard::Config),
+) -> (crate::TestBroker, MqttSub) {
+    let b = crate::TestBroker::start_with(|c| {
+        c.core.limits.connection_buffer = 8;
+        c.core.limits.connection_buffer_bytes = switchyard_core::Size::kib(512);
+        c.listener_mut("mqtt")
+            .expect("an MQTT listener")
+            .options
+            .insert("max_queued_messages".into(), BOUND.into());
+        more(c);
+    })
+    .await;
+    let sub = MqttSub::connect(b.addr("mqtt"), "slow-sub", "slow/t").await;
+    (b, sub)
+}
+
 /// A raw MQTT 3.1.1 subscriber (QoS 0, clean session) that reads only when
 /// [`MqttSub::next`] or [`MqttSub::take`] is called.
 #[derive(Debug)]

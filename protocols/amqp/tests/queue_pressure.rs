@@ -16,27 +16,17 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use switchyard_testkit::slow_mqtt::{MqttSub, assert_all_in_order, body};
-use switchyard_testkit::{TestBroker, eventually};
+use switchyard_testkit::eventually;
+use switchyard_testkit::slow_mqtt::{BOUND, assert_all_in_order, body, bounded_broker};
 
 const WAIT: Duration = Duration::from_secs(20);
-const BOUND: u64 = 20;
 const N: usize = 600;
 const SIZE: usize = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_mqtt_subscriber_holds_amqp_publishers_back_and_loses_nothing() {
-    let b = TestBroker::start_with(|c| {
-        c.core.limits.connection_buffer = 8;
-        c.core.limits.connection_buffer_bytes = switchyard_core::Size::kib(512);
-        c.listener_mut("mqtt")
-            .unwrap()
-            .options
-            .insert("max_queued_messages".into(), BOUND.into());
-    })
-    .await;
+    let (b, mut sub) = bounded_broker(|_| {}).await;
     let broker = b.broker().clone();
-    let mut sub = MqttSub::connect(b.addr("mqtt"), "slow-sub", "slow/t").await;
 
     // A one-second heartbeat: the server gives up on a client silent for
     // two intervals, less than the publisher is held below.

@@ -14,23 +14,16 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use switchyard_testkit::slow_mqtt::{MqttSub, assert_all_in_order, body};
-use switchyard_testkit::{TestBroker, eventually};
+use switchyard_testkit::eventually;
+use switchyard_testkit::slow_mqtt::{BOUND, assert_all_in_order, body, bounded_broker};
 
 const WAIT: Duration = Duration::from_secs(20);
-const BOUND: u64 = 20;
 const N: usize = 600;
 const SIZE: usize = 64 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_mqtt_subscriber_holds_nats_publishers_back_and_loses_nothing() {
-    let b = TestBroker::start_with(|c| {
-        c.core.limits.connection_buffer = 8;
-        c.core.limits.connection_buffer_bytes = switchyard_core::Size::kib(512);
-        c.listener_mut("mqtt")
-            .unwrap()
-            .options
-            .insert("max_queued_messages".into(), BOUND.into());
+    let (b, mut sub) = bounded_broker(|c| {
         // A client is stale at the third tick without an answer to two
         // PINGs: 1.5 s, less than the publisher is held below (and more
         // than a busy test machine keeps the client from answering).
@@ -40,7 +33,6 @@ async fn a_slow_mqtt_subscriber_holds_nats_publishers_back_and_loses_nothing() {
     })
     .await;
     let broker = b.broker().clone();
-    let mut sub = MqttSub::connect(b.addr("mqtt"), "slow-sub", "slow/t").await;
 
     // Disconnections and server errors ("Stale Connection") the client saw.
     let trouble = Arc::new(std::sync::Mutex::new(Vec::new()));
